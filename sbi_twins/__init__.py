@@ -1,0 +1,21 @@
+"""sbi-twins: electrophysiological digital twins of single cells by simulation-based inference."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .model import CellModel, SimulationWarning, load_model
+from .protocol import Protocol, Segment, load_protocol
+
+try:
+    __version__ = version("sbi-twins")
+except PackageNotFoundError:  # running from a source checkout without installation
+    __version__ = "0+unknown"
+
+__all__ = [
+    "CellModel",
+    "Protocol",
+    "Segment",
+    "SimulationWarning",
+    "__version__",
+    "load_model",
+    "load_protocol",
+]

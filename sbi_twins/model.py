@@ -1,0 +1,410 @@
+"""Cell models: load a Myokit ``.mmt`` file and simulate batches of cells with generated kernels."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import myokit
+import numpy as np
+import pandas as pd
+
+from . import _resources
+from .codegen import CODEGEN_VERSION, KernelSource
+from .kernel_cache import load_module
+from .model_analysis import ModelAnalysis, ModelStructureError
+from .protocol import Protocol, load_protocol
+
+ParamsLike = None | pd.DataFrame | Mapping[str, Any]
+
+_SEGMENT_KIND = {"step": 0, "ramp": 1, "sine": 2}
+#: Time resolution (ms) at which protocol durations must be exact.
+_TIME_QUANTUM_MS = 1e-6
+
+
+class SimulationWarning(RuntimeWarning):
+    """Some cells of a batch could not be simulated (their output rows are NaN)."""
+
+
+class CellModel:
+    """A cell model compiled to batched Numba kernels.
+
+    Use :func:`load_model` to create one. Parameters are the literal constants of the model file,
+    addressed by their ``component.variable`` names; every simulation starts from the file's
+    initial state unless ``initial_state`` is given.
+    """
+
+    def __init__(self, model: myokit.Model, path: Path, file_hash: str):
+        self._myokit_model = model
+        self.path = path
+        self.file_hash = file_hash
+        self.name = path.stem
+        self._analysis = ModelAnalysis(model)
+        a = self._analysis
+        self.parameter_names: tuple[str, ...] = tuple(p.qname() for p in a.parameters)
+        self.default_parameters: np.ndarray = np.array([p.eval() for p in a.parameters], float)
+        self.default_parameters.flags.writeable = False
+        self.state_names: tuple[str, ...] = tuple(s.qname() for s in a.states)
+        self.initial_state: np.ndarray = np.array(model.initial_values(as_floats=True), float)
+        self.initial_state.flags.writeable = False
+        self._index = {n: i for i, n in enumerate(self.parameter_names)}
+        explicit = a.explicit_rhs(True)
+        # Error scales for the adaptive current-clamp step: the magnitude of each state at start.
+        self._ap_y_scale = np.array(
+            [max(abs(self.initial_state[a.states.index(s)]), 1e-9) for s, _ in explicit]
+        )
+        self._kernels: ModuleType | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CellModel({self.name!r}, {len(self.state_names)} states "
+            f"({len(self._analysis.gates)} Rush-Larsen gates), "
+            f"{len(self.parameter_names)} parameters)"
+        )
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """States integrated with the exact exponential (Rush-Larsen) update."""
+        return tuple(g.state.qname() for g in self._analysis.gates)
+
+    @property
+    def kernels(self) -> ModuleType:
+        """The generated kernel module (generated, cached on disk and imported on first use)."""
+        if self._kernels is None:
+            self._kernels = load_module(
+                f"# model sha256 {self.file_hash}, codegen v{CODEGEN_VERSION}\n"
+                + KernelSource(self._analysis).module()
+            )
+        return self._kernels
+
+    # -- inputs --------------------------------------------------------------------------------
+    def parameter_matrix(self, params: ParamsLike = None) -> np.ndarray:
+        """Turn ``params`` into a C-contiguous ``(N, P)`` array in :attr:`parameter_names` order.
+
+        Parameters
+        ----------
+        params : None, pandas.DataFrame or mapping of name -> array-like of shape (N,)
+            ``None`` gives the defaults for one cell. Names not given keep their defaults;
+            scalars are broadcast over the cells.
+
+        Raises
+        ------
+        ValueError
+            Unknown names (the valid ones are listed), inconsistent lengths, or values that are
+            not finite numbers.
+        """
+        if params is None:
+            return np.ascontiguousarray(self.default_parameters[None, :])
+        if isinstance(params, pd.DataFrame):
+            columns = {str(c): params[c].to_numpy() for c in params.columns}
+        elif isinstance(params, Mapping):
+            columns = dict(params)
+        else:
+            raise ValueError(
+                "params must be None, a pandas.DataFrame or a mapping of parameter name -> "
+                f"values, not {type(params).__name__}"
+            )
+        unknown = [name for name in columns if name not in self._index]
+        if unknown:
+            raise ValueError(self._unknown_message(unknown))
+        arrays = {}
+        for name, values in columns.items():
+            try:
+                arr = np.asarray(values, dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter '{name}' must be numeric") from None
+            if arr.ndim > 1:
+                raise ValueError(
+                    f"parameter '{name}' must be a scalar or 1-D array of shape (N,), "
+                    f"got shape {arr.shape}"
+                )
+            arrays[name] = arr
+        lengths = {arr.size for arr in arrays.values() if arr.ndim == 1}
+        if len(lengths) > 1:
+            detail = ", ".join(f"{k}: {v.size}" for k, v in arrays.items() if v.ndim == 1)
+            raise ValueError(f"parameter arrays have different lengths ({detail})")
+        n = lengths.pop() if lengths else 1
+        if n == 0:
+            raise ValueError("params describe zero cells")
+        matrix = np.tile(self.default_parameters, (n, 1))
+        for name, arr in arrays.items():
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                cells = np.flatnonzero(np.broadcast_to(bad, (n,)))[:10].tolist()
+                raise ValueError(f"parameter '{name}' has non-finite values (cells {cells})")
+            matrix[:, self._index[name]] = arr
+        return np.ascontiguousarray(matrix)
+
+    def _unknown_message(self, unknown: list[str]) -> str:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, self.parameter_names, n=1)
+            hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return (
+            f"unknown parameter(s) for model '{self.name}': {', '.join(hints)}. "
+            f"Valid names are: {', '.join(self.parameter_names)}"
+        )
+
+    def _initial_states(self, initial_state: np.ndarray | None, n: int) -> np.ndarray:
+        if initial_state is None:
+            return np.ascontiguousarray(np.tile(self.initial_state, (n, 1)))
+        y0 = np.asarray(initial_state, dtype=float)
+        n_states = len(self.state_names)
+        if y0.shape == (n_states,):
+            y0 = np.tile(y0, (n, 1))
+        if y0.shape != (n, n_states):
+            raise ValueError(
+                f"initial_state must have shape ({n_states},) or ({n}, {n_states}) "
+                f"(states: {', '.join(self.state_names)}), got {np.shape(initial_state)}"
+            )
+        if not np.isfinite(y0).all():
+            raise ValueError("initial_state contains non-finite values")
+        return np.ascontiguousarray(y0)
+
+    # -- simulations ---------------------------------------------------------------------------
+    def simulate_vc(
+        self,
+        protocol: Protocol | str | os.PathLike,
+        params: ParamsLike = None,
+        sample_interval_ms: float = 0.1,
+        *,
+        dt_ms: float = 0.1,
+        initial_state: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Simulate an ideal voltage clamp and return the total ionic current.
+
+        Parameters
+        ----------
+        protocol : Protocol or str or path
+            The clamp protocol (or the name of a bundled one, or a ``.toml`` path).
+        params : None, DataFrame or mapping, optional
+            Parameter values per cell (see :meth:`parameter_matrix`).
+        sample_interval_ms : float
+            Output sampling interval; samples at ``protocol.times(sample_interval_ms)``.
+        dt_ms : float
+            Largest integration step. The step used is the largest one not above ``dt_ms`` that
+            lands exactly on every segment edge and sample time.
+        initial_state : array, optional
+            Initial state, shape (S,) or (N, S), in :attr:`state_names` order.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape (N, T): the current labelled ``cellular_current`` (pA/pF for Kernik 2019) at each
+            sample time; samples on a step edge are taken at the new voltage. Rows of cells whose
+            integration blew up are NaN (a :class:`SimulationWarning` names them).
+        """
+        if not isinstance(protocol, Protocol):
+            protocol = load_protocol(protocol)
+        times = protocol.times(sample_interval_ms)
+        _check_positive("dt_ms", dt_ms)
+        h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
+        theta = self.parameter_matrix(params)
+        y0 = self._initial_states(initial_state, theta.shape[0])
+        segs = protocol.segments
+        seg_t0 = np.concatenate([[0.0], np.cumsum([s.duration_ms for s in segs])[:-1]])
+        out = np.full((theta.shape[0], times.size), np.nan)
+        ok = np.zeros(theta.shape[0], dtype=np.bool_)
+        self.kernels.simulate_vc(
+            theta,
+            y0,
+            np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
+            nsteps,
+            seg_t0,
+            np.array([s.v_start_mV for s in segs], float),
+            np.array([s.v_end_mV for s in segs], float),
+            np.array([s.amplitude_mV for s in segs], float),
+            np.array([s.frequency_hz for s in segs], float),
+            np.array([s.phase_rad for s in segs], float),
+            h,
+            stride,
+            float(protocol.voltage(np.array([times[-1]]))[0]),
+            float(times[-1]),
+            out,
+            ok,
+        )
+        return _flag_failures(out, ok)
+
+    def simulate_ap(
+        self,
+        params: ParamsLike = None,
+        duration_ms: float = 10_000,
+        sample_interval_ms: float = 0.5,
+        cycle_length_ms: float | None = None,
+        *,
+        stimulus_duration_ms: float = 2.0,
+        initial_state: np.ndarray | None = None,
+        atol_mV: float = 0.02,
+        rtol: float = 2e-3,
+        dt_max_ms: float = 1.0,
+    ) -> np.ndarray:
+        """Simulate current clamp (spontaneous or paced) and return the membrane potential.
+
+        Parameters
+        ----------
+        params : None, DataFrame or mapping, optional
+            Parameter values per cell (see :meth:`parameter_matrix`).
+        duration_ms : float
+            Simulated time; samples at ``0, dt, ..., duration_ms`` (end point included).
+        sample_interval_ms : float
+            Output sampling interval; must divide ``duration_ms``.
+        cycle_length_ms : float, optional
+            ``None`` for spontaneous activity. Otherwise the model's ``pace``-bound variable is set
+            to 1 for ``stimulus_duration_ms`` at ``t = 0, CL, 2 CL, ...``; in the bundled models
+            the stimulus current is ``pace * stimulus.amplitude`` (Kernik 2019: -10 pA/pF).
+        stimulus_duration_ms : float
+            Length of each stimulus pulse.
+        initial_state : array, optional
+            Initial state, shape (S,) or (N, S), in :attr:`state_names` order.
+        atol_mV, rtol : float
+            Local error tolerances of the adaptive step: absolute on V, relative on the other
+            explicitly integrated states. The defaults keep beat timing within 1 ms over 10 s of
+            Kernik 2019 activity (see BENCHMARKS.md).
+        dt_max_ms : float
+            Largest step (steps also stop at every sample and stimulus edge).
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape (N, T): membrane potential (mV). Rows of cells whose integration blew up are
+            NaN (a :class:`SimulationWarning` names them).
+        """
+        for name, value in [
+            ("duration_ms", duration_ms),
+            ("sample_interval_ms", sample_interval_ms),
+            ("atol_mV", atol_mV),
+            ("rtol", rtol),
+            ("dt_max_ms", dt_max_ms),
+            ("stimulus_duration_ms", stimulus_duration_ms),
+        ]:
+            _check_positive(name, value)
+        n_samples = _n_samples(duration_ms, sample_interval_ms)
+        if cycle_length_ms is None:
+            cycle = 0.0
+        else:
+            _check_positive("cycle_length_ms", cycle_length_ms)
+            if self._analysis.pace is None:
+                raise ValueError(
+                    f"model '{self.name}' has no variable bound to 'pace', so it cannot be paced; "
+                    "add e.g. 'pace = 0 bind pace' and a stimulus current 'pace * amplitude'."
+                )
+            if stimulus_duration_ms >= cycle_length_ms:
+                raise ValueError(
+                    f"stimulus_duration_ms ({stimulus_duration_ms}) must be shorter than "
+                    f"cycle_length_ms ({cycle_length_ms})"
+                )
+            cycle = float(cycle_length_ms)
+        theta = self.parameter_matrix(params)
+        y0 = self._initial_states(initial_state, theta.shape[0])
+        out = np.full((theta.shape[0], n_samples), np.nan)
+        ok = np.zeros(theta.shape[0], dtype=np.bool_)
+        self.kernels.simulate_ap(
+            theta,
+            y0,
+            float(sample_interval_ms),
+            cycle,
+            float(stimulus_duration_ms),
+            float(dt_max_ms),
+            1e-6,
+            float(atol_mV),
+            float(rtol),
+            self._ap_y_scale,
+            out,
+            ok,
+        )
+        return _flag_failures(out, ok)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float, np.number)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _n_samples(duration_ms: float, sample_interval_ms: float) -> int:
+    ratio = duration_ms / sample_interval_ms
+    if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio):
+        raise ValueError(
+            f"duration_ms ({duration_ms}) is not a multiple of sample_interval_ms "
+            f"({sample_interval_ms})"
+        )
+    return int(round(ratio)) + 1
+
+
+def _quantise(value_ms: float, what: str) -> int:
+    units = value_ms / _TIME_QUANTUM_MS
+    if abs(units - round(units)) > 1e-3:
+        raise ValueError(f"{what} ({value_ms} ms) must be a multiple of {_TIME_QUANTUM_MS} ms")
+    return int(round(units))
+
+
+def _clamp_grid(
+    protocol: Protocol, sample_interval_ms: float, dt_max_ms: float
+) -> tuple[float, int, np.ndarray]:
+    """Common integration step for a clamp protocol.
+
+    Returns the step ``h`` (ms), the number of steps per output sample, and the number of steps
+    of each segment, such that every segment edge and every sample time is a step boundary:
+    the Rush-Larsen update is exact only when the voltage is constant over a step.
+    """
+    units = [_quantise(s.duration_ms, f"segment {k + 1} duration") for k, s in
+             enumerate(protocol.segments)]
+    sample_units = _quantise(sample_interval_ms, "sample_interval_ms")
+    common = math.gcd(sample_units, *units)
+    substeps = math.ceil(common * _TIME_QUANTUM_MS / dt_max_ms - 1e-9)
+    h = common * _TIME_QUANTUM_MS / substeps
+    nsteps = np.array([u // common * substeps for u in units], dtype=np.int64)
+    return h, sample_units // common * substeps, nsteps
+
+
+def _flag_failures(out: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        out[bad] = np.nan
+        shown = ", ".join(map(str, bad[:20])) + (" ..." if bad.size > 20 else "")
+        warnings.warn(
+            f"integration produced non-finite values for {bad.size} cell(s) (index {shown}); "
+            "their rows are NaN. Check those parameter sets.",
+            SimulationWarning,
+            stacklevel=3,
+        )
+    return out
+
+
+_LOADED: dict[tuple[Path, str], CellModel] = {}
+
+
+def load_model(name_or_path: str | os.PathLike) -> CellModel:
+    """Load a cell model by bundled name (e.g. ``"kernik2019"``) or from a ``.mmt`` path.
+
+    Raises
+    ------
+    FileNotFoundError
+        Unknown bundled name (the available ones are listed) or missing file.
+    ValueError
+        The file cannot be parsed (myokit's message and line are shown) or does not follow the
+        engine's conventions (``simulators/README.md``).
+    """
+    path = _resources.resolve(name_or_path, "simulators", ".mmt")
+    data = path.read_bytes()
+    file_hash = hashlib.sha256(data).hexdigest()
+    key = (path.resolve(), file_hash)
+    if key not in _LOADED:
+        try:
+            model = myokit.parse_model(data.decode())
+            model.validate()
+        except myokit.ParseError as e:
+            raise ValueError(f"cannot parse model file {path}:\n{myokit.format_parse_error(e)}") from None
+        except myokit.MyokitError as e:
+            raise ValueError(f"invalid model file {path}: {e}") from None
+        try:
+            _LOADED[key] = CellModel(model, path, file_hash)
+        except ModelStructureError as e:
+            raise ModelStructureError(f"{path}: {e}") from None
+    return _LOADED[key]

@@ -1,0 +1,192 @@
+"""Structural analysis of a Myokit model for code generation.
+
+The analysis answers the questions the kernel generator needs:
+
+* which variables are *parameters* (literal constants a user may change per cell),
+* which states are Hodgkin-Huxley gates (integrated with the exact exponential Rush-Larsen update)
+  and which are not (integrated explicitly),
+* how every intermediate variable depends on time: on parameters only (``CONST``: evaluated once
+  per cell), on the membrane potential only (``VOLT``: evaluated once per constant-voltage clamp
+  segment), or on other states (``DYN``: evaluated every step).
+
+The model conventions (labels and bindings) are documented in ``simulators/README.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import myokit
+import myokit.lib.hh as hh
+
+#: Label of the membrane potential state.
+LABEL_V = "membrane_potential"
+#: Label of the total ionic current recorded under voltage clamp.
+LABEL_I_ION = "cellular_current"
+_SUPPORTED_BINDINGS = {"time", "pace"}
+
+
+class Kind(enum.IntEnum):
+    """How often a variable must be re-evaluated (ordered: a variable is at least its inputs)."""
+
+    CONST = 0
+    VOLT = 1
+    DYN = 2
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A Hodgkin-Huxley gate ``x`` with steady state ``inf`` and rate ``1/tau`` (both V-only)."""
+
+    state: myokit.Variable
+    inf: myokit.Expression
+    rate: myokit.Expression
+
+
+class ModelStructureError(ValueError):
+    """The model file does not follow the conventions the engine needs."""
+
+
+def identifier(var: myokit.Variable) -> str:
+    """Python identifier used for ``var`` in generated code (``ina.m`` -> ``m_ina__m``)."""
+    return "m_" + var.qname().replace(".", "__")
+
+
+class ModelAnalysis:
+    """Classify the variables and states of a validated Myokit model.
+
+    Parameters
+    ----------
+    model : myokit.Model
+        A model that follows the sbi-twins conventions: the membrane potential labelled
+        ``membrane_potential``, the total ionic current labelled ``cellular_current``, time bound
+        to ``time`` and (optionally) the stimulus switch bound to ``pace``.
+    """
+
+    def __init__(self, model: myokit.Model):
+        self.model = model
+        self.v = self._required_label(LABEL_V, "the membrane potential state")
+        self.i_ion = self._required_label(LABEL_I_ION, "the total ionic current (pA/pF)")
+        if not self.v.is_state():
+            raise ModelStructureError(
+                f"'{self.v.qname()}' is labelled {LABEL_V} but is not a state; "
+                "write it as 'dot(V) = -(i_ion + i_stim)' (divided by Cm if not normalised)."
+            )
+        self.time = model.time()
+        self.pace = model.binding("pace")
+        for var in model.variables(deep=True):
+            binding = var.binding()
+            if binding is not None and binding not in _SUPPORTED_BINDINGS:
+                raise ModelStructureError(
+                    f"'{var.qname()}' is bound to '{binding}', which sbi-twins does not provide; "
+                    f"supported bindings: {', '.join(sorted(_SUPPORTED_BINDINGS))}."
+                )
+
+        self.parameters: list[myokit.Variable] = [
+            var
+            for var in model.variables(deep=True, sort=False)
+            if var.is_literal() and not var.is_state() and var.binding() is None
+        ]
+        self._parameter_set = set(self.parameters)
+        self.states: list[myokit.Variable] = list(model.states())
+        self.gates: list[Gate] = [g for g in map(self._as_gate, self.states) if g is not None]
+        gate_states = {g.state for g in self.gates}
+        self.explicit_states: list[myokit.Variable] = [
+            s for s in self.states if s not in gate_states
+        ]
+
+        self._kinds: dict[myokit.Variable, Kind] = {}
+        for var in model.variables(deep=True):
+            self.kind(var)
+        for gate in self.gates:
+            for expr in (gate.inf, gate.rate):
+                if self._expr_kind(expr) > Kind.VOLT:
+                    raise ModelStructureError(
+                        f"gate '{gate.state.qname()}' has kinetics that depend on states other "
+                        "than the membrane potential"
+                    )
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _required_label(self, label: str, what: str) -> myokit.Variable:
+        var = self.model.label(label)
+        if var is None:
+            raise ModelStructureError(
+                f"the model has no variable labelled '{label}' ({what}); add a line "
+                f"'label {label}' under that variable in the .mmt file."
+            )
+        return var
+
+    def _as_gate(self, state: myokit.Variable) -> Gate | None:
+        if state is self.v:
+            return None
+        try:
+            inf, tau = hh.get_inf_and_tau(state, self.v)
+            return Gate(state, myokit.Name(inf), myokit.Divide(myokit.Number(1), myokit.Name(tau)))
+        except TypeError:
+            pass
+        try:
+            alpha, beta = hh.get_alpha_and_beta(state, self.v)
+        except TypeError:
+            return None
+        total = myokit.Plus(myokit.Name(alpha), myokit.Name(beta))
+        return Gate(state, myokit.Divide(myokit.Name(alpha), total), total)
+
+    def kind(self, var: myokit.Variable) -> Kind:
+        """How often ``var`` changes in a simulation (see :class:`Kind`)."""
+        if var in self._kinds:
+            return self._kinds[var]
+        if var is self.v:
+            kind = Kind.VOLT
+        elif var.is_state() or var.binding() is not None:
+            kind = Kind.DYN
+        else:
+            kind = self._expr_kind(var.rhs())
+        self._kinds[var] = kind
+        return kind
+
+    def _expr_kind(self, expr: myokit.Expression) -> Kind:
+        kinds = [Kind.CONST]
+        for ref in expr.references():
+            if isinstance(ref, myokit.Derivative):
+                raise ModelStructureError(
+                    f"expression '{expr.code()}' uses a derivative dot(...); rewrite it in terms "
+                    "of the variables that define that derivative."
+                )
+            kinds.append(self.kind(ref.var()))
+        return max(kinds)
+
+    def closure(self, exprs: list[myokit.Expression], kind: Kind) -> list[myokit.Variable]:
+        """Intermediate variables of ``kind`` needed to evaluate ``exprs``, in evaluation order.
+
+        Parameters, states, bound variables and the membrane potential are inputs, never part of
+        a closure.
+        """
+        ordered: list[myokit.Variable] = []
+        seen: set[myokit.Variable] = set()
+
+        def visit(var: myokit.Variable) -> None:
+            if var in seen:
+                return
+            seen.add(var)
+            if var.is_state() or var.binding() is not None or var in self._parameter_set:
+                return
+            for ref in var.rhs().references():
+                visit(ref.var())
+            if self.kind(var) == kind:
+                ordered.append(var)
+
+        for expr in exprs:
+            for ref in expr.references():
+                visit(ref.var())
+        return ordered
+
+    def explicit_rhs(self, include_v: bool) -> list[tuple[myokit.Variable, myokit.Expression]]:
+        """``(state, dot(state) expression)`` for the explicitly integrated states."""
+        return [
+            (s, s.rhs()) for s in self.explicit_states if include_v or s is not self.v
+        ]
+
+    def uses(self, var: myokit.Variable | None) -> bool:
+        """True if any equation refers to ``var``."""
+        return var is not None and any(True for _ in var.refs_by())

@@ -1,0 +1,446 @@
+"""Voltage-clamp protocols: piecewise command voltages made of steps, ramps and sines.
+
+A :class:`Protocol` is plain data (segments back to back from t = 0) plus two queries:
+the sample grid (:meth:`Protocol.times`) and the command voltage on any times
+(:meth:`Protocol.voltage`). Segment ``k`` is active on ``[start_k, end_k)``, so the command
+is right-continuous: a sample exactly at an edge takes the new segment's value.
+
+Protocols are stored as TOML files; see :func:`load_protocol` for the format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sbi_twins._resources import resolve
+
+__all__ = ["Protocol", "Segment", "load_protocol"]
+
+SegmentKind = Literal["step", "ramp", "sine"]
+_KINDS: tuple[str, ...] = ("step", "ramp", "sine")
+
+# Times within this distance of a segment edge count as on the edge. It absorbs float
+# round-off of grids like 0.1 * k (error ~1e-12 ms) without moving genuine samples.
+_EDGE_TOL_MS = 1e-9
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a protocol: a step, a linear ramp or a sine around an offset.
+
+    Parameters
+    ----------
+    kind : {"step", "ramp", "sine"}
+        Waveform type.
+    duration_ms : float
+        Length of the segment in ms; positive and finite.
+    v_start_mV, v_end_mV : float
+        Voltage at the start and end (mV). A step has one level (both equal); a ramp goes
+        linearly from start to end; for a sine ``v_start_mV`` is the offset and
+        ``v_end_mV`` must equal it.
+    amplitude_mV, frequency_hz, phase_rad : float, default 0
+        Sine only: ``V(t) = v_start_mV + amplitude_mV * sin(2 pi f t / 1000 + phase_rad)``
+        with ``t`` in ms since the segment start. Must stay 0 for steps and ramps.
+    """
+
+    kind: SegmentKind
+    duration_ms: float
+    v_start_mV: float
+    v_end_mV: float
+    amplitude_mV: float = 0.0
+    frequency_hz: float = 0.0
+    phase_rad: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(
+                f"unknown segment type {self.kind!r}; valid types: {', '.join(_KINDS)}"
+            )
+        for field in ("duration_ms", "v_start_mV", "v_end_mV", "amplitude_mV", "frequency_hz",
+                      "phase_rad"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{field} must be a number, got {value!r}")
+            # Store plain floats so equality, hashing and to_dict() don't depend on int vs float.
+            object.__setattr__(self, field, float(value))
+            if not math.isfinite(getattr(self, field)):
+                raise ValueError(f"{field} must be finite, got {value!r}")
+        if self.duration_ms <= 0:
+            raise ValueError(f"duration_ms must be positive, got {self.duration_ms!r}")
+        if self.frequency_hz < 0:
+            raise ValueError(f"frequency_hz must be >= 0, got {self.frequency_hz!r}")
+        if self.kind in ("step", "sine") and self.v_end_mV != self.v_start_mV:
+            what = "level" if self.kind == "step" else "offset"
+            raise ValueError(
+                f"a {self.kind} segment has one {what}: v_start_mV ({self.v_start_mV}) and "
+                f"v_end_mV ({self.v_end_mV}) must be equal"
+            )
+        sine_fields = (self.amplitude_mV, self.frequency_hz, self.phase_rad)
+        if self.kind != "sine" and sine_fields != (0, 0, 0):
+            raise ValueError(
+                f"amplitude_mV, frequency_hz and phase_rad only apply to sine segments; "
+                f"leave them 0 for a {self.kind}"
+            )
+
+    @classmethod
+    def step(cls, duration_ms: float, v_mV: float) -> Segment:
+        """Return a constant segment at `v_mV`."""
+        return cls("step", duration_ms, v_mV, v_mV)
+
+    @classmethod
+    def ramp(cls, duration_ms: float, v_start_mV: float, v_end_mV: float) -> Segment:
+        """Return a linear ramp from `v_start_mV` to `v_end_mV`."""
+        return cls("ramp", duration_ms, v_start_mV, v_end_mV)
+
+    @classmethod
+    def sine(cls, duration_ms: float, offset_mV: float, amplitude_mV: float,
+             frequency_hz: float, phase_rad: float = 0.0) -> Segment:
+        """Return a sine of `amplitude_mV` and `frequency_hz` around `offset_mV`."""
+        return cls("sine", duration_ms, offset_mV, offset_mV, amplitude_mV, frequency_hz, phase_rad)
+
+    def voltage_at(self, t_in_segment_ms: np.ndarray) -> np.ndarray:
+        """Return the command voltage (mV) at times measured from the segment start.
+
+        Parameters
+        ----------
+        t_in_segment_ms : np.ndarray
+            Times in ms since the segment start, normally in ``[0, duration_ms]``.
+            Ramps are held at their end values outside that interval.
+
+        Returns
+        -------
+        np.ndarray
+            Voltages, same shape as the input, float64.
+        """
+        t = np.asarray(t_in_segment_ms, dtype=float)
+        if self.kind == "step":
+            return np.full(t.shape, self.v_start_mV)
+        if self.kind == "ramp":
+            frac = np.clip(t / self.duration_ms, 0.0, 1.0)
+            return self.v_start_mV + (self.v_end_mV - self.v_start_mV) * frac
+        phase = 2.0 * np.pi * self.frequency_hz * t / 1000.0 + self.phase_rad
+        return self.v_start_mV + self.amplitude_mV * np.sin(phase)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A voltage-clamp protocol: segments played back to back from t = 0.
+
+    Parameters
+    ----------
+    name : str
+        Short identifier, e.g. ``"clark2022"``.
+    holding_mV : float
+        Command voltage before t = 0.
+    segments : tuple of Segment
+        At least one segment; a list is accepted and stored as a tuple.
+    description : str, optional
+        Free text.
+    source : str, optional
+        File the protocol was loaded from, or ``""``. Not part of :meth:`content_hash`.
+    reference : str, optional
+        Literature reference for the protocol.
+    """
+
+    name: str
+    holding_mV: float
+    segments: tuple[Segment, ...]
+    description: str = ""
+    source: str = ""
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        segments = tuple(self.segments)
+        object.__setattr__(self, "segments", segments)
+        if not segments:
+            raise ValueError(f"protocol {self.name!r} has no segments; add at least one")
+        for i, seg in enumerate(segments, start=1):
+            if not isinstance(seg, Segment):
+                raise ValueError(f"segment {i} must be a Segment, got {type(seg).__name__}")
+        holding = self.holding_mV
+        if isinstance(holding, bool) or not isinstance(holding, (int, float, np.number)):
+            raise ValueError(f"holding_mV must be a number, got {holding!r}")
+        if not math.isfinite(holding):
+            raise ValueError(f"holding_mV must be finite, got {holding!r}")
+        object.__setattr__(self, "holding_mV", float(holding))
+
+    @property
+    def duration_ms(self) -> float:
+        """Total duration in ms (sum of segment durations)."""
+        return math.fsum(seg.duration_ms for seg in self.segments)
+
+    @property
+    def edges_ms(self) -> np.ndarray:
+        """Segment start times followed by the end time, shape ``(n_segments + 1,)``."""
+        return np.concatenate([[0.0], np.cumsum([seg.duration_ms for seg in self.segments])])
+
+    def times(self, sample_interval_ms: float) -> np.ndarray:
+        """Return the sample grid ``0, si, 2 si, ..., duration_ms`` (end point included).
+
+        Parameters
+        ----------
+        sample_interval_ms : float
+            Sample interval in ms; the duration must be a whole multiple of it.
+
+        Returns
+        -------
+        np.ndarray
+            ``round(duration_ms / si) + 1`` times in ms, ``np.arange(n) * si``.
+
+        Raises
+        ------
+        ValueError
+            If the interval is not positive and finite, or does not divide the duration.
+        """
+        si = float(sample_interval_ms)
+        if not (math.isfinite(si) and si > 0):
+            raise ValueError(
+                f"sample_interval_ms must be positive and finite, got {sample_interval_ms!r}"
+            )
+        duration = self.duration_ms
+        n_intervals = round(duration / si)
+        if n_intervals < 1 or abs(n_intervals * si - duration) > 1e-6 * duration:
+            raise ValueError(
+                f"protocol {self.name!r} lasts {duration:g} ms, which is not a whole multiple of "
+                f"sample_interval_ms={si:g}; {_suggest_divisor(duration, si)}"
+            )
+        return np.arange(n_intervals + 1) * si
+
+    def voltage(self, times_ms: np.ndarray) -> np.ndarray:
+        """Return the command voltage (mV) at the given times.
+
+        Segments are active on ``[start, end)`` (right-continuous; times within 1e-9 ms of
+        an edge count as on it). Before t = 0 the command is `holding_mV`; from
+        `duration_ms` on it stays at the value the last segment reaches at its end
+        (``v_end_mV`` for a step or ramp; the sine's value there, so no jump, for a sine).
+
+        Parameters
+        ----------
+        times_ms : array-like
+            Times in ms, any shape, finite.
+
+        Returns
+        -------
+        np.ndarray
+            Voltages, same shape as `times_ms`, float64.
+        """
+        t = np.asarray(times_ms, dtype=float)
+        if not np.all(np.isfinite(t)):
+            raise ValueError("times_ms contains NaN or infinite values")
+        flat = t.ravel()
+        edges = self.edges_ms
+        starts = edges[:-1]
+        nudged = flat + _EDGE_TOL_MS
+        idx = np.searchsorted(starts, nudged, side="right") - 1
+        out = np.full(flat.shape, self.holding_mV)
+        after = nudged >= edges[-1]
+        for i, seg in enumerate(self.segments):
+            mask = (idx == i) & ~after
+            if mask.any():
+                # Clip: a time a hair below the edge (round-off) belongs to the segment start.
+                out[mask] = seg.voltage_at(np.maximum(flat[mask] - starts[i], 0.0))
+        last = self.segments[-1]
+        out[after] = last.voltage_at(np.array(last.duration_ms))
+        return out.reshape(t.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the definition as a plain JSON-able dict."""
+        return {
+            "name": self.name,
+            "holding_mV": self.holding_mV,
+            "description": self.description,
+            "reference": self.reference,
+            "source": self.source,
+            "segments": [asdict(seg) for seg in self.segments],
+        }
+
+    def content_hash(self) -> str:
+        """Return the sha256 hex digest of the definition (excluding `source`).
+
+        Two protocols with the same segments, levels and texts hash equally wherever they
+        were loaded from; any change of a level or duration changes the hash.
+        """
+        definition = self.to_dict()
+        del definition["source"]
+        canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _suggest_divisor(duration_ms: float, sample_interval_ms: float) -> str:
+    """Suggest the largest 'round' interval <= the requested one that divides the duration."""
+    for exponent in range(3, -7, -1):
+        for mantissa in (5.0, 2.5, 2.0, 1.0):
+            cand = mantissa * 10.0**exponent
+            n = round(duration_ms / cand)
+            divides = n >= 1 and abs(n * cand - duration_ms) <= 1e-9 * duration_ms
+            if cand <= sample_interval_ms and divides:
+                return f"try sample_interval_ms={cand:g}"
+    return "choose an interval that divides the duration exactly"
+
+
+# --- TOML loading -----------------------------------------------------------------------
+
+_TOP_KEYS = ("name", "description", "reference", "holding_mV", "segment")
+_REQUIRED = {
+    "step": ("duration_ms", "v_mV"),
+    "ramp": ("duration_ms", "v_start_mV", "v_end_mV"),
+    "sine": ("duration_ms", "offset_mV", "amplitude_mV", "frequency_hz"),
+}
+_OPTIONAL = {"step": (), "ramp": (), "sine": ("phase_rad",)}
+_HEADER = re.compile(r"^\s*\[\[\s*segment\s*\]\]")
+
+
+def load_protocol(name_or_path: str | os.PathLike[str]) -> Protocol:
+    """Load a protocol by bundled name or from a TOML file.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A bundled protocol name (e.g. ``"clark2022"``, ``"kernik_steps"``) or a path to a
+        ``.toml`` file.
+
+    Returns
+    -------
+    Protocol
+        The protocol, with `source` set to the file it came from.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist or the name is not bundled (lists the bundled names).
+    ValueError
+        If the file is not valid TOML or not a valid protocol; the message names the file,
+        the segment (1-based) and the line of its ``[[segment]]`` header.
+
+    Notes
+    -----
+    Format::
+
+        name = "clark2022"              # optional, defaults to the file name
+        description = "..."             # optional
+        reference = "..."               # optional
+        holding_mV = -80.0              # required; command before t = 0
+
+        [[segment]]                     # repeat, in playback order
+        type = "step"                   # step: duration_ms, v_mV
+        duration_ms = 2000
+        v_mV = -80
+
+        [[segment]]
+        type = "ramp"                   # ramp: duration_ms, v_start_mV, v_end_mV
+        ...
+
+        [[segment]]
+        type = "sine"                   # sine: duration_ms, offset_mV, amplitude_mV,
+        ...                             #       frequency_hz, phase_rad (optional, 0)
+    """
+    path = resolve(name_or_path, "protocols", ".toml")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: TOML syntax error: {exc}") from None
+
+    unknown = sorted(set(data) - set(_TOP_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}"
+            f"{_did_you_mean(unknown, _TOP_KEYS)}; allowed: {', '.join(_TOP_KEYS)}"
+        )
+    if "holding_mV" not in data:
+        raise ValueError(
+            f"{path}: missing required field 'holding_mV' (command voltage before t = 0)"
+        )
+    raw_segments = data.get("segment", [])
+    if not isinstance(raw_segments, list) or not all(isinstance(s, dict) for s in raw_segments):
+        raise ValueError(
+            f"{path}: 'segment' must be an array of tables; write each one as [[segment]]"
+        )
+    if not raw_segments:
+        raise ValueError(f"{path}: no segments; add at least one [[segment]] table")
+
+    header_lines = [n for n, line in enumerate(text.splitlines(), start=1) if _HEADER.match(line)]
+    if len(header_lines) != len(raw_segments):  # e.g. inline tables: no header lines to point at
+        header_lines = []
+    segments = []
+    for i, raw in enumerate(raw_segments, start=1):
+        where = f"{path}: segment {i}" + (f" (line {header_lines[i - 1]})" if header_lines else "")
+        segments.append(_parse_segment(raw, where))
+
+    for key in ("name", "description", "reference"):
+        if not isinstance(data.get(key, ""), str):
+            raise ValueError(f"{path}: {key!r} must be a string, got {data[key]!r}")
+    try:
+        return Protocol(
+            name=data.get("name", path.stem),
+            holding_mV=_number(data["holding_mV"], "holding_mV"),
+            segments=tuple(segments),
+            description=data.get("description", ""),
+            source=str(path),
+            reference=data.get("reference", ""),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _parse_segment(raw: dict[str, Any], where: str) -> Segment:
+    """Build one Segment from its TOML table; `where` prefixes every error message."""
+    if "type" not in raw:
+        raise ValueError(f"{where}: missing required field 'type' (one of: {', '.join(_KINDS)})")
+    kind = raw["type"]
+    if kind not in _KINDS:
+        raise ValueError(
+            f"{where}: unknown segment type {kind!r}; valid types: {', '.join(_KINDS)}"
+        )
+    allowed = ("type", *_REQUIRED[kind], *_OPTIONAL[kind])
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)} for a {kind} segment"
+            f"{_did_you_mean(unknown, allowed)}; allowed: {', '.join(allowed)}"
+        )
+    for key in _REQUIRED[kind]:
+        if key not in raw:
+            raise ValueError(f"{where}: missing required field {key!r} for a {kind} segment")
+    try:
+        values = {key: _number(raw[key], key) for key in raw if key != "type"}
+        if kind == "step":
+            return Segment.step(values["duration_ms"], values["v_mV"])
+        if kind == "ramp":
+            return Segment.ramp(values["duration_ms"], values["v_start_mV"], values["v_end_mV"])
+        return Segment.sine(values["duration_ms"], values["offset_mV"], values["amplitude_mV"],
+                            values["frequency_hz"], values.get("phase_rad", 0.0))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _number(value: Any, key: str) -> float:
+    """Return `value` as a finite float; reject strings, booleans, inf and nan."""
+    # bool is an int subclass; `v_mV = true` is a typo, not 1 mV.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key!r} must be a number, got {value!r}")
+    # Checked here (not only in Segment) so the message uses the TOML key, e.g. offset_mV.
+    if not math.isfinite(value):
+        raise ValueError(f"{key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _did_you_mean(unknown: list[str], allowed: tuple[str, ...]) -> str:
+    """Return ' (did you mean ...?)' for near-miss keys, or ''."""
+    hints = [
+        f"{m[0]!r} for {u!r}"
+        for u in unknown
+        if (m := difflib.get_close_matches(u, allowed, n=1))
+    ]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
