@@ -43,11 +43,28 @@ FASTMATH_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
 
 
 class _Writer(PythonExpressionWriter):
-    """Myokit's Python expression writer with our identifiers for variables."""
+    """Myokit's Python expression writer with our identifiers for variables.
 
-    def __init__(self) -> None:
+    ``hoisted`` maps the code of sub-expressions that were lifted into temporaries to the
+    temporary's name; the writer then refers to the temporary instead of re-evaluating them.
+    """
+
+    def __init__(self, hoisted: dict[str, str] | None = None) -> None:
         super().__init__()
         self.set_lhs_function(lambda lhs: identifier(lhs.var()))
+        self.hoisted = hoisted or {}
+
+    def ex(self, e: myokit.Expression) -> str:
+        name = self.hoisted.get(e.code()) if self.hoisted else None
+        return name if name is not None else super().ex(e)
+
+    def _ex_power(self, e: myokit.Power) -> str:
+        # x^3 as an integer power lets LLVM use multiplications instead of a pow() call.
+        exponent = e[1]
+        if isinstance(exponent, myokit.Number) and float(exponent).is_integer():
+            base = self.ex(e[0])
+            return f"({base})**{int(float(exponent))}"
+        return super()._ex_power(e)
 
 
 class KernelSource:
@@ -62,13 +79,41 @@ class KernelSource:
     def __init__(self, analysis: ModelAnalysis):
         self.a = analysis
         self._w = _Writer()
+        self._hoisted = {Kind.CONST: {}, Kind.VOLT: {}}
+        for expr in self._dyn_expressions(include_v=True):
+            self._hoist(expr)
+        self._w_dyn = _Writer({**self._hoisted[Kind.CONST], **self._hoisted[Kind.VOLT]})
+
+    # -- hoisting --------------------------------------------------------------------------------
+    def _dyn_expressions(self, include_v: bool) -> list[myokit.Expression]:
+        variables = self.a.closure(self._targets(include_v), Kind.DYN)
+        return [v.rhs() for v in variables] + [rhs for _, rhs in self.a.explicit_rhs(include_v)]
+
+    def _hoist(self, expr: myokit.Expression) -> None:
+        """Lift the largest parameter- or voltage-only sub-expressions of a state-dependent
+        expression into temporaries (e.g. the GHK exponentials inside I_CaL), so that they are
+        evaluated once per cell or per clamp segment instead of every step."""
+        kind = self.a.expr_kind(expr)
+        if kind == Kind.DYN:
+            for operand in expr:
+                self._hoist(operand)
+        elif not (isinstance(expr, myokit.Name) or expr.is_literal()):
+            table = self._hoisted[kind]
+            table.setdefault(expr.code(), f"k_{'cv'[kind]}{len(table)}")
+
+    def _hoisted_lines(self, kind: Kind) -> list[str]:
+        return [
+            f"{name} = {self._w.ex(myokit.parse_expression(code, self.a.model))}"
+            for code, name in self._hoisted[kind].items()
+        ]
 
     # -- building blocks -------------------------------------------------------------------------
     def _ex(self, expr: myokit.Expression) -> str:
         return self._w.ex(expr)
 
-    def _assign(self, variables: list[myokit.Variable]) -> list[str]:
-        return [f"{identifier(v)} = {self._ex(v.rhs())}" for v in variables]
+    def _assign(self, variables: list[myokit.Variable], writer: _Writer | None = None) -> list[str]:
+        writer = writer or self._w
+        return [f"{identifier(v)} = {writer.ex(v.rhs())}" for v in variables]
 
     def _targets(self, include_v: bool) -> list[myokit.Expression]:
         exprs = [rhs for _, rhs in self.a.explicit_rhs(include_v)]
@@ -80,7 +125,7 @@ class KernelSource:
     def _volt_block(self, include_v: bool, with_gates: bool) -> list[str]:
         """Voltage-only variables (and, optionally, gate steady states and decay factors)."""
         exprs = self._targets(include_v) + (self._gate_exprs() if with_gates else [])
-        lines = self._assign(self.a.closure(exprs, Kind.VOLT))
+        lines = self._assign(self.a.closure(exprs, Kind.VOLT)) + self._hoisted_lines(Kind.VOLT)
         if with_gates:
             for k, gate in enumerate(self.a.gates):
                 lines.append(f"k_inf{k} = {self._ex(gate.inf)}")
@@ -90,14 +135,14 @@ class KernelSource:
 
     def _dyn_block(self, include_v: bool, prefix: str) -> list[str]:
         """State-dependent variables, then the derivatives ``{prefix}{k}`` of explicit states."""
-        lines = self._assign(self.a.closure(self._targets(include_v), Kind.DYN))
+        lines = self._assign(self.a.closure(self._targets(include_v), Kind.DYN), self._w_dyn)
         for k, (_, rhs) in enumerate(self.a.explicit_rhs(include_v)):
-            lines.append(f"{prefix}{k} = {self._ex(rhs)}")
+            lines.append(f"{prefix}{k} = {self._w_dyn.ex(rhs)}")
         return lines
 
     def _const_block(self) -> list[str]:
         exprs = self._targets(True) + self._gate_exprs()
-        return self._assign(self.a.closure(exprs, Kind.CONST))
+        return self._assign(self.a.closure(exprs, Kind.CONST)) + self._hoisted_lines(Kind.CONST)
 
     def _unpack(self) -> list[str]:
         lines = [f"{identifier(p)} = params[k_cell, {k}]" for k, p in enumerate(self.a.parameters)]
@@ -182,13 +227,12 @@ class KernelSource:
             f"    k_alive = math.isfinite({i_ion})",
             "ok[k_cell] = k_alive",
         ]
-        head = (
-            "@nb.njit(parallel=True, fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-            "def simulate_vc(params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp,\n"
-            "                seg_freq, seg_phase, dt, stride, v_end, t_end, out, ok):\n"
-            "    for k_cell in nb.prange(params.shape[0]):\n"
+        return _batched(
+            "simulate_vc",
+            "params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp, seg_freq, "
+            "seg_phase, dt, stride, v_end, t_end, out, ok",
+            body,
         )
-        return head + "\n".join(_indent(body, 2)) + "\n"
 
     def ap_kernel(self) -> str:
         """Current clamp with adaptive steps; output is V at every sample time."""
@@ -244,17 +288,34 @@ class KernelSource:
             "        k_out += 1",
             "ok[k_cell] = k_alive",
         ]
-        head = (
-            "@nb.njit(parallel=True, fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-            "def simulate_ap(params, y0, sample_interval, cycle_length, stim_duration, dt_max,\n"
-            "                dt_min, atol_v, rtol, y_scale, out, ok):\n"
-            "    for k_cell in nb.prange(params.shape[0]):\n"
+        return _batched(
+            "simulate_ap",
+            "params, y0, sample_interval, cycle_length, stim_duration, dt_max, dt_min, atol_v, "
+            "rtol, y_scale, out, ok",
+            body,
         )
-        return head + "\n".join(_indent(body, 2)) + "\n"
 
     def module(self) -> str:
         """The complete module: helpers plus both kernels."""
         return _PRELUDE.format(flags=FASTMATH_FLAGS) + self.vc_kernel() + "\n\n" + self.ap_kernel()
+
+
+def _batched(name: str, args: str, body: list[str]) -> str:
+    """A per-cell function plus its parallel driver over cells.
+
+    The cell body is compiled as its own (non-parallel) function: Numba's parfor passes on a
+    loop body of thousands of statements are what makes compilation slow.
+    """
+    return (
+        "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
+        f"def _{name}_cell(k_cell, {args}):\n"
+        + "\n".join(_indent(body, 1))
+        + "\n\n\n"
+        "@nb.njit(parallel=True, cache=True)\n"
+        f"def {name}({args}):\n"
+        "    for k_cell in nb.prange(params.shape[0]):\n"
+        f"        _{name}_cell(k_cell, {args})\n"
+    )
 
 
 def _indent(lines: list[str], level: int) -> list[str]:

@@ -101,7 +101,8 @@ class CellModel:
             not finite numbers.
         """
         if params is None:
-            return np.ascontiguousarray(self.default_parameters[None, :])
+            return self.default_parameters[None, :].copy()  # writable: a read-only array is
+            # a different Numba type and would trigger a second compilation
         if isinstance(params, pd.DataFrame):
             columns = {str(c): params[c].to_numpy() for c in params.columns}
         elif isinstance(params, Mapping):

@@ -101,7 +101,7 @@ class ModelAnalysis:
             self.kind(var)
         for gate in self.gates:
             for expr in (gate.inf, gate.rate):
-                if self._expr_kind(expr) > Kind.VOLT:
+                if self.expr_kind(expr) > Kind.VOLT:
                     raise ModelStructureError(
                         f"gate '{gate.state.qname()}' has kinetics that depend on states other "
                         "than the membrane potential"
@@ -141,11 +141,11 @@ class ModelAnalysis:
         elif var.is_state() or var.binding() is not None:
             kind = Kind.DYN
         else:
-            kind = self._expr_kind(var.rhs())
+            kind = self.expr_kind(var.rhs())
         self._kinds[var] = kind
         return kind
 
-    def _expr_kind(self, expr: myokit.Expression) -> Kind:
+    def expr_kind(self, expr: myokit.Expression) -> Kind:
         kinds = [Kind.CONST]
         for ref in expr.references():
             if isinstance(ref, myokit.Derivative):
@@ -171,13 +171,13 @@ class ModelAnalysis:
             seen.add(var)
             if var.is_state() or var.binding() is not None or var in self._parameter_set:
                 return
-            for ref in var.rhs().references():
+            for ref in _sorted_refs(var.rhs()):
                 visit(ref.var())
             if self.kind(var) == kind:
                 ordered.append(var)
 
         for expr in exprs:
-            for ref in expr.references():
+            for ref in _sorted_refs(expr):
                 visit(ref.var())
         return ordered
 
@@ -190,3 +190,9 @@ class ModelAnalysis:
     def uses(self, var: myokit.Variable | None) -> bool:
         """True if any equation refers to ``var``."""
         return var is not None and any(True for _ in var.refs_by())
+
+
+def _sorted_refs(expr: myokit.Expression) -> list[myokit.Expression]:
+    """References of ``expr`` in a fixed order, so generated code is identical across processes
+    (myokit returns a set, whose order changes with hash randomisation)."""
+    return sorted(expr.references(), key=lambda ref: ref.var().qname())
