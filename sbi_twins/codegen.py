@@ -35,7 +35,7 @@ from myokit.formats.python import PythonExpressionWriter
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "2"
 
 #: LLVM fast-math flags that are safe for NaN/inf detection (no 'nnan'/'ninf'): a bare
 #: ``fastmath=True`` would let LLVM fold ``math.isfinite`` to True.
@@ -99,7 +99,7 @@ class KernelSource:
                 self._hoist(operand)
         elif not (isinstance(expr, myokit.Name) or expr.is_literal()):
             table = self._hoisted[kind]
-            table.setdefault(expr.code(), f"k_{'cv'[kind]}{len(table)}")
+            table.setdefault(expr.code(), f"k_{('const', 'volt')[kind]}{len(table)}")
 
     def _hoisted_lines(self, kind: Kind) -> list[str]:
         return [
@@ -177,45 +177,64 @@ class KernelSource:
 
     # -- kernels ---------------------------------------------------------------------------------
     def vc_kernel(self) -> str:
-        """Ideal voltage clamp: V follows the command; output is I_ion at every ``stride`` steps."""
+        """Ideal voltage clamp: V follows the command; output is I_ion on the sample grid.
+
+        Time is cut into base intervals ``dt`` (every segment edge and every sample lies on this
+        grid). A step spans two base intervals, so its midpoint evaluation also yields I_ion at a
+        grid point: one state-dependent evaluation per base interval. A segment with an odd
+        number of base intervals ends with one single-interval step.
+        """
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
+        command = (
+            f"{v} = _command(k_kind, seg_v0[k_seg], seg_v1[k_seg], seg_amp[k_seg], "
+            "seg_freq[k_seg], seg_phase[k_seg], {t}, k_n * dt)"
+        )
         body = [
             *self._unpack(),
             *self._const_block(),
-            "k_h = dt",
             "k_out = 0",
-            "k_step = 0",
+            "k_base = 0",
             "k_alive = True",
             "for k_seg in range(seg_kind.shape[0]):",
             "    k_kind = seg_kind[k_seg]",
             "    k_n = seg_nsteps[k_seg]",
+            "    k_pairs = k_n // 2",
+            "    k_h = 2.0 * dt",
             "    if k_kind == 0:",
             f"        {v} = seg_v0[k_seg]",
             *_indent(self._volt_block(False, True), 2),
-            "    for k_i in range(k_n):",
-            *_indent(self._set_time("seg_t0[k_seg] + k_i * k_h"), 2),
+            "    for k_i in range(k_n - k_pairs):",
+            "        k_tseg = 2.0 * k_i * dt",
+            "        if k_i == k_pairs:  # odd number of base intervals: one short step",
+            "            k_h = dt",
+            "            if k_kind == 0:",
+            *_indent(self._volt_block(False, True), 4),
+            *_indent(self._set_time("seg_t0[k_seg] + k_tseg"), 2),
             "        if k_kind != 0:",
-            f"            {v} = _command(k_kind, seg_v0[k_seg], seg_v1[k_seg], seg_amp[k_seg], "
-            "seg_freq[k_seg], seg_phase[k_seg], k_i * k_h, k_n * k_h)",
+            "            " + command.format(t="k_tseg"),
             *_indent(self._volt_block(False, False), 3),
             *_indent(self._dyn_block(False, "k_f"), 2),
-            "        if k_step % stride == 0:",
+            "        if k_base % stride == 0:",
             f"            out[k_cell, k_out] = {i_ion}",
             "            k_out += 1",
             f"        if not math.isfinite({i_ion}):",
             "            k_alive = False",
             "            break",
             "        if k_kind != 0:",
-            f"            {v} = _command(k_kind, seg_v0[k_seg], seg_v1[k_seg], seg_amp[k_seg], "
-            "seg_freq[k_seg], seg_phase[k_seg], (k_i + 0.5) * k_h, k_n * k_h)",
+            "            " + command.format(t="k_tseg + 0.5 * k_h"),
             *_indent(self._volt_block(False, True), 3),
             *_indent(self._save(False), 2),
-            *_indent(self._set_time("seg_t0[k_seg] + (k_i + 0.5) * k_h"), 2),
+            *_indent(self._set_time("seg_t0[k_seg] + k_tseg + 0.5 * k_h"), 2),
             *_indent(self._advance(False, "0.5 * ", "k_f", "k_dh"), 2),
             *_indent(self._dyn_block(False, "k_m"), 2),
+            "        if k_i < k_pairs:",
+            "            k_base += 1",
+            "            if k_base % stride == 0:",
+            f"                out[k_cell, k_out] = {i_ion}",
+            "                k_out += 1",
             *_indent(self._advance(False, "", "k_m", "k_df"), 2),
-            "        k_step += 1",
+            "        k_base += 1",
             "    if not k_alive:",
             "        break",
             "if k_alive:",
@@ -262,11 +281,11 @@ class KernelSource:
             *_indent(self._volt_block(True, False), 1),
             *_indent(self._dyn_block(True, "k_f"), 1),
             *_indent(self._save(True), 1),
-            f"    k_v0 = {v}",
+            f"    k_vstart = {v}",
             "    while True:",
             "        k_h = min(k_dtry, k_target - k_t, k_edge - k_t)",
             "        k_cut = k_h < k_dtry",
-            f"        {v} = k_v0 + 0.5 * k_h * k_f{iv}",
+            f"        {v} = k_vstart + 0.5 * k_h * k_f{iv}",
             *_indent(self._set_time("k_t + 0.5 * k_h"), 2),
             *_indent(self._volt_block(True, True), 2),
             *_indent(self._advance(True, "0.5 * ", "k_f", "k_dh"), 2),
