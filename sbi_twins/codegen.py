@@ -35,7 +35,7 @@ from myokit.formats.python import PythonExpressionWriter
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 
 #: LLVM fast-math flags that are safe for NaN/inf detection (no 'nnan'/'ninf'): a bare
 #: ``fastmath=True`` would let LLVM fold ``math.isfinite`` to True.
@@ -180,9 +180,12 @@ class KernelSource:
         """Ideal voltage clamp: V follows the command; output is I_ion on the sample grid.
 
         Time is cut into base intervals ``dt`` (every segment edge and every sample lies on this
-        grid). A step spans two base intervals, so its midpoint evaluation also yields I_ion at a
-        grid point: one state-dependent evaluation per base interval. A segment with an odd
-        number of base intervals ends with one single-interval step.
+        grid). On constant-voltage segments a step spans two base intervals, so its midpoint
+        evaluation also yields I_ion at a grid point (one state-dependent evaluation per base
+        interval); a segment with an odd number of base intervals ends with one single-interval
+        step. On ramps and sines every step is one base interval: there the gates are updated
+        with their kinetics at the step's midpoint voltage, which needs the shorter step to stay
+        within the accuracy band (measured on clark2022, BENCHMARKS.md).
         """
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
@@ -199,17 +202,19 @@ class KernelSource:
             "for k_seg in range(seg_kind.shape[0]):",
             "    k_kind = seg_kind[k_seg]",
             "    k_n = seg_nsteps[k_seg]",
-            "    k_pairs = k_n // 2",
-            "    k_h = 2.0 * dt",
+            "    # steps span two base intervals on constant segments only: on ramps and sines",
+            "    # the gates see the voltage at one point per step, so steps stay short there",
+            "    k_pairs = k_n // 2 if k_kind == 0 else 0",
+            "    k_tseg = 0.0",
+            "    k_h = 2.0 * dt if k_pairs > 0 else dt",
             "    if k_kind == 0:",
             f"        {v} = seg_v0[k_seg]",
             *_indent(self._volt_block(False, True), 2),
             "    for k_i in range(k_n - k_pairs):",
-            "        k_tseg = 2.0 * k_i * dt",
-            "        if k_i == k_pairs:  # odd number of base intervals: one short step",
-            "            k_h = dt",
-            "            if k_kind == 0:",
-            *_indent(self._volt_block(False, True), 4),
+            "        k_h = 2.0 * dt if k_i < k_pairs else dt",
+            "        if k_kind == 0 and k_i == k_pairs and k_i > 0:",
+            "            # an odd number of base intervals ends with one single-interval step",
+            *_indent(self._volt_block(False, True), 3),
             *_indent(self._set_time("seg_t0[k_seg] + k_tseg"), 2),
             "        if k_kind != 0:",
             "            " + command.format(t="k_tseg"),
@@ -235,6 +240,7 @@ class KernelSource:
             "                k_out += 1",
             *_indent(self._advance(False, "", "k_m", "k_df"), 2),
             "        k_base += 1",
+            "        k_tseg += k_h",
             "    if not k_alive:",
             "        break",
             "if k_alive:",
@@ -333,7 +339,8 @@ def _batched(name: str, args: str, body: list[str]) -> str:
         "@nb.njit(parallel=True, cache=True)\n"
         f"def {name}({args}):\n"
         "    for k_cell in nb.prange(params.shape[0]):\n"
-        f"        _{name}_cell(k_cell, {args})\n"
+        # the cast keeps one signature: prange indices are sometimes typed uint64
+        f"        _{name}_cell(nb.int64(k_cell), {args})\n"
     )
 
 

@@ -190,10 +190,10 @@ class CellModel:
         sample_interval_ms : float
             Output sampling interval; samples at ``protocol.times(sample_interval_ms)``.
         dt_ms : float
-            Largest integration step. Steps span two intervals of the finest grid (at most
-            ``dt_ms / 2``) that holds every segment edge and every sample time, so that the
-            voltage is constant over each step of a step segment (where the Rush-Larsen gate
-            update is then exact) and I_ion is evaluated exactly at the samples.
+            Largest integration step. On constant-voltage segments steps span two intervals of
+            the finest grid (at most ``dt_ms / 2``) that holds every segment edge and every
+            sample time, so the Rush-Larsen gate update is exact and I_ion is evaluated exactly
+            at the samples; ramps and sines use single-interval steps.
         initial_state : array, optional
             Initial state, shape (S,) or (N, S), in :attr:`state_names` order.
 

@@ -1,0 +1,106 @@
+"""Command-line interface: ``sbi-twins <command>``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _resources
+from .model import load_model
+from .protocol import load_protocol
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Simulate one cell under a clamp protocol and spontaneously; print and plot the result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .features import ap_features
+
+    model = load_model(args.model)
+    protocol = load_protocol(args.protocol)
+    print(f"model    {model}")
+    print(f"protocol {protocol.name}: {len(protocol.segments)} segments, {protocol.duration_ms:g} ms")
+
+    start = time.perf_counter()
+    current = model.simulate_vc(protocol, sample_interval_ms=args.sample_interval)[0]
+    vc_s = time.perf_counter() - start
+    times = protocol.times(args.sample_interval)
+    start = time.perf_counter()
+    voltage = model.simulate_ap(duration_ms=args.ap_duration, sample_interval_ms=0.5)[0]
+    ap_s = time.perf_counter() - start
+    print(
+        f"voltage clamp: {times.size} samples in {vc_s:.2f} s (includes compilation on first "
+        f"use); I_ion from {current.min():.2f} to {current.max():.2f}"
+    )
+    features = ap_features(voltage, 0.5).iloc[0]
+    print(f"spontaneous activity, {args.ap_duration:g} ms in {ap_s:.2f} s:")
+    for name in ("n_beats", "CL", "APD90", "APD50", "MDP", "peak"):
+        print(f"  {name:8s} {features[name]:9.2f}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out / "baseline_cell.npz", t_ms=times, v_cmd_mV=protocol.voltage(times), i_ion=current,
+        ap_t_ms=np.arange(voltage.size) * 0.5, ap_V_mV=voltage,
+    )
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), constrained_layout=True)
+    axes[0].plot(times / 1000, protocol.voltage(times), lw=0.8)
+    axes[0].set(ylabel="command (mV)", title=f"{model.name} under {protocol.name}")
+    axes[1].plot(times / 1000, current, lw=0.5)
+    axes[1].set(ylabel="I_ion (pA/pF)", xlabel="time (s)")
+    axes[1].set_ylim(np.percentile(current, 0.5) - 5, np.percentile(current, 99.5) + 5)
+    axes[2].plot(np.arange(voltage.size) * 0.5e-3, voltage, lw=0.8)
+    axes[2].set(ylabel="V (mV)", xlabel="time (s)", title="spontaneous activity")
+    fig.savefig(out / "baseline_cell.png", dpi=120)
+    print(f"wrote {out / 'baseline_cell.png'} and {out / 'baseline_cell.npz'}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml")):
+        print(f"{kind}: {', '.join(_resources.available(kind, suffix))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sbi-twins",
+        description="Electrophysiological digital twins of single cells by simulation-based "
+        "inference.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="simulate the baseline cell under a clamp protocol and spontaneously"
+    )
+    demo.add_argument("--model", default="kernik2019", help="bundled name or .mmt path")
+    demo.add_argument("--protocol", default="clark2022", help="bundled name or .toml path")
+    demo.add_argument("--sample-interval", type=float, default=0.1, help="ms (default 0.1)")
+    demo.add_argument("--ap-duration", type=float, default=10_000, help="ms (default 10000)")
+    demo.add_argument("--out", default="out", help="output folder (default ./out)")
+    demo.set_defaults(run=_demo)
+
+    listing = commands.add_parser("list", help="list the bundled models and protocols")
+    listing.set_defaults(run=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sbi-twins`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"sbi-twins {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
