@@ -27,15 +27,20 @@ output samples and stimulus edges.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import math
+import re
 import textwrap
 
 import myokit
 from myokit.formats.python import PythonExpressionWriter
 
+from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 
 #: LLVM fast-math flags that are safe for NaN/inf detection (no 'nnan'/'ninf'): a bare
 #: ``fastmath=True`` would let LLVM fold ``math.isfinite`` to True.
@@ -47,23 +52,69 @@ class _Writer(PythonExpressionWriter):
 
     ``hoisted`` maps the code of sub-expressions that were lifted into temporaries to the
     temporary's name; the writer then refers to the temporary instead of re-evaluating them.
+    With ``vector_math``, exp/log/pow are expanded into straight-line statements from the
+    :mod:`sbi_twins.vmath` templates, collected in :attr:`pre`, and the expression refers to the
+    temporary holding the result: a loop over cells then contains no calls and vectorises.
     """
 
-    def __init__(self, hoisted: dict[str, str] | None = None) -> None:
+    def __init__(self, hoisted: dict[str, str] | None = None, vector_math: bool = False) -> None:
         super().__init__()
         self.set_lhs_function(lambda lhs: identifier(lhs.var()))
         self.hoisted = hoisted or {}
+        self.vector_math = vector_math
+        self.pre: list[str] = []
+        self._count = 0
+
+    def statement(self, lhs: str, expr: myokit.Expression) -> list[str]:
+        """``lhs = expr``, preceded by any expanded function evaluations it needs."""
+        self.pre = []
+        rhs = self.ex(expr)
+        return self.pre + [f"{lhs} = {rhs}"]
+
+    def exp_statement(self, lhs: str, argument: str) -> list[str]:
+        """``lhs = e**argument`` (a call, or an expansion in vector mode)."""
+        if not self.vector_math:
+            return [f"{lhs} = math.exp({argument})"]
+        self.pre = []
+        return self.pre + [f"{lhs} = {self._expand(vmath.EXP_TEMPLATE, x=argument)}"]
+
+    def _expand(self, template: str, **operands: str) -> str:
+        self._count += 1
+        name = f"k_x{self._count}"
+        self.pre += vmath.expand(template, name, **operands)
+        return name
 
     def ex(self, e: myokit.Expression) -> str:
         name = self.hoisted.get(e.code()) if self.hoisted else None
         return name if name is not None else super().ex(e)
 
+    def _ex_exp(self, e: myokit.Exp) -> str:
+        if not self.vector_math:
+            return super()._ex_exp(e)
+        return self._expand(vmath.EXP_TEMPLATE, x=self.ex(e[0]))
+
+    def _ex_log(self, e: myokit.Log) -> str:
+        if not self.vector_math:
+            return super()._ex_log(e)
+        logs = [self._expand(vmath.LOG_TEMPLATE, x=self.ex(x)) for x in e]
+        return logs[0] if len(logs) == 1 else f"({logs[0]} / {logs[1]})"
+
+    def _ex_log10(self, e: myokit.Log10) -> str:
+        if not self.vector_math:
+            return super()._ex_log10(e)
+        return f"({self._expand(vmath.LOG_TEMPLATE, x=self.ex(e[0]))} * {1 / math.log(10)!r})"
+
     def _ex_power(self, e: myokit.Power) -> str:
-        # x^3 as an integer power lets LLVM use multiplications instead of a pow() call.
         exponent = e[1]
         if isinstance(exponent, myokit.Number) and float(exponent).is_integer():
-            base = self.ex(e[0])
-            return f"({base})**{int(float(exponent))}"
+            n = int(float(exponent))
+            if 0 < abs(n) <= 8:
+                # Explicit products instead of a pow() call (faster; keeps loops vectorisable).
+                product = " * ".join([f"({self.ex(e[0])})"] * abs(n))
+                return f"({product})" if n > 0 else f"(1.0 / ({product}))"
+            return f"({self.ex(e[0])})**{n}"
+        if self.vector_math:
+            return self._expand(vmath.POW_TEMPLATE, x=self.ex(e[0]), y=self.ex(e[1]))
         return super()._ex_power(e)
 
 
@@ -78,11 +129,25 @@ class KernelSource:
 
     def __init__(self, analysis: ModelAnalysis):
         self.a = analysis
-        self._w = _Writer()
         self._hoisted = {Kind.CONST: {}, Kind.VOLT: {}}
         for expr in self._dyn_expressions(include_v=True):
             self._hoist(expr)
-        self._w_dyn = _Writer({**self._hoisted[Kind.CONST], **self._hoisted[Kind.VOLT]})
+        hoisted = {**self._hoisted[Kind.CONST], **self._hoisted[Kind.VOLT]}
+        # (plain writer, writer for state-dependent code that uses the hoisted temporaries);
+        # the vector variants serve the voltage-clamp kernel.
+        self._writers = {
+            vector: (_Writer(vector_math=vector), _Writer(hoisted, vector_math=vector))
+            for vector in (False, True)
+        }
+        self._vector = False
+
+    @property
+    def _w(self) -> _Writer:
+        return self._writers[self._vector][0]
+
+    @property
+    def _w_dyn(self) -> _Writer:
+        return self._writers[self._vector][1]
 
     # -- hoisting --------------------------------------------------------------------------------
     def _dyn_expressions(self, include_v: bool) -> list[myokit.Expression]:
@@ -97,23 +162,22 @@ class KernelSource:
         if kind == Kind.DYN:
             for operand in expr:
                 self._hoist(operand)
-        elif not (isinstance(expr, myokit.Name) or expr.is_literal()):
+        elif not (
+            isinstance(expr, (myokit.Name, myokit.Condition)) or expr.is_literal()
+        ):  # conditions stay inline: a hoisted boolean would be stored as a float
             table = self._hoisted[kind]
             table.setdefault(expr.code(), f"k_{('const', 'volt')[kind]}{len(table)}")
 
     def _hoisted_lines(self, kind: Kind) -> list[str]:
-        return [
-            f"{name} = {self._w.ex(myokit.parse_expression(code, self.a.model))}"
-            for code, name in self._hoisted[kind].items()
-        ]
+        lines = []
+        for code, name in self._hoisted[kind].items():
+            lines += self._w.statement(name, myokit.parse_expression(code, self.a.model))
+        return lines
 
     # -- building blocks -------------------------------------------------------------------------
-    def _ex(self, expr: myokit.Expression) -> str:
-        return self._w.ex(expr)
-
     def _assign(self, variables: list[myokit.Variable], writer: _Writer | None = None) -> list[str]:
         writer = writer or self._w
-        return [f"{identifier(v)} = {writer.ex(v.rhs())}" for v in variables]
+        return [line for v in variables for line in writer.statement(identifier(v), v.rhs())]
 
     def _targets(self, include_v: bool) -> list[myokit.Expression]:
         exprs = [rhs for _, rhs in self.a.explicit_rhs(include_v)]
@@ -128,8 +192,9 @@ class KernelSource:
         lines = self._assign(self.a.closure(exprs, Kind.VOLT)) + self._hoisted_lines(Kind.VOLT)
         if with_gates:
             for k, gate in enumerate(self.a.gates):
-                lines.append(f"k_inf{k} = {self._ex(gate.inf)}")
-                lines.append(f"k_dh{k} = math.exp(-0.5 * k_h * ({self._ex(gate.rate)}))")
+                lines += self._w.statement(f"k_inf{k}", gate.inf)
+                lines += self._w.statement(f"k_rate{k}", gate.rate)
+                lines += self._w.exp_statement(f"k_dh{k}", f"-0.5 * k_h * k_rate{k}")
                 lines.append(f"k_df{k} = k_dh{k} * k_dh{k}")
         return lines
 
@@ -137,7 +202,7 @@ class KernelSource:
         """State-dependent variables, then the derivatives ``{prefix}{k}`` of explicit states."""
         lines = self._assign(self.a.closure(self._targets(include_v), Kind.DYN), self._w_dyn)
         for k, (_, rhs) in enumerate(self.a.explicit_rhs(include_v)):
-            lines.append(f"{prefix}{k} = {self._w_dyn.ex(rhs)}")
+            lines += self._w_dyn.statement(f"{prefix}{k}", rhs)
         return lines
 
     def _const_block(self) -> list[str]:
@@ -176,6 +241,16 @@ class KernelSource:
         return [f"{identifier(self.a.pace)} = {expr}"] if self.a.pace is not None else []
 
     # -- kernels ---------------------------------------------------------------------------------
+    def _lane_loop(
+        self, body: list[str], rows: dict[str, int], stores: list[str], load: bool = True
+    ) -> list[str]:
+        """``for k_c in range(LANES)`` over ``body``: per-lane values are loaded from and stored to
+        the work array ``k_w[row, lane]``; everything else is a register temporary."""
+        used = set(_IDENTIFIER.findall("\n".join(body))) if load else set()
+        loads = [f"{name} = k_w[{row}, k_c]" for name, row in rows.items() if name in used]
+        saves = [f"k_w[{rows[name]}, k_c] = {name}" for name in stores]
+        return ["for k_c in range(LANES):", *_indent(loads + body + saves, 1)]
+
     def vc_kernel(self) -> str:
         """Ideal voltage clamp: V follows the command; output is I_ion on the sample grid.
 
@@ -186,77 +261,136 @@ class KernelSource:
         step. On ramps and sines every step is one base interval: there the gates are updated
         with their kinetics at the step's midpoint voltage, which needs the shorter step to stay
         within the accuracy band (measured on clark2022, BENCHMARKS.md).
+
+        Cells advance in blocks of ``LANES`` in lock step (they all see the same command), so
+        each loop over the lanes of a block is free of branches and calls, and LLVM vectorises
+        it. Values that live across loops (parameters, constants, states, voltage terms) sit in
+        a work array ``k_w[row, lane]``; I_ion is copied to the output in a separate small loop,
+        because a store into ``out`` inside a lane loop blocks vectorisation (its address is not
+        affine for LLVM, so LLVM cannot rule out aliasing with the work array).
         """
+        self._vector = True
+        try:
+            return self._vc_kernel()
+        finally:
+            self._vector = False
+
+    def _vc_kernel(self) -> str:
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
-        command = (
-            f"{v} = _command(k_kind, seg_v0[k_seg], seg_v1[k_seg], seg_amp[k_seg], "
-            "seg_freq[k_seg], seg_phase[k_seg], {t}, k_n * dt)"
+        explicit = self.a.explicit_rhs(False)
+        params = [identifier(p) for p in self.a.parameters]
+        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        const = self._const_block()
+        volt = self._volt_block(False, True)
+        saved = [f"k_y{k}" for k in range(len(explicit))]
+        saved += [f"k_g{k}" for k in range(len(self.a.gates))]
+        derivatives = [f"k_f{k}" for k in range(len(explicit))]
+        persistent = params + _assigned(const) + states + _assigned(volt) + saved + derivatives
+        rows = {name: row for row, name in enumerate(dict.fromkeys(persistent + ["k_ion"]))}
+
+        unpack = [f"{p} = params[k_src, {k}]" for k, p in enumerate(params)]
+        unpack += [
+            f"{identifier(s)} = y0[k_src, {k}]"
+            for k, s in enumerate(self.a.states)
+            if s is not self.a.v
+        ]
+        init = self._lane_loop(
+            ["k_src = min(k_c0 + k_c, params.shape[0] - 1)", *unpack, *const],
+            rows,
+            params + _assigned(const) + states,
+            load=False,
         )
+        voltage = self._lane_loop(volt, rows, _assigned(volt))
+        volt_rhs = self._volt_block(False, False)
+        voltage_rhs = self._lane_loop(volt_rhs, rows, _assigned(volt_rhs))
+        first_half = self._lane_loop(
+            [
+                *self._set_time("k_tstart"),
+                *self._dyn_block(False, "k_f"),
+                f"k_ion = {i_ion}",
+                *self._save(False),
+            ],
+            rows,
+            saved + derivatives + ["k_ion"],
+        )
+        second_half = self._lane_loop(
+            [
+                *self._set_time("k_tmid"),
+                *self._advance(False, "0.5 * ", "k_f", "k_dh"),
+                *self._dyn_block(False, "k_m"),
+                f"k_ion = {i_ion}",
+                *self._advance(False, "", "k_m", "k_df"),
+            ],
+            rows,
+            states + ["k_ion"],
+        )
+        copy_out = "for k_c in range(LANES):\n    out[k_c0 + k_c, {slot}] = k_w[%d, k_c]" % rows["k_ion"]
         body = [
-            *self._unpack(),
-            *self._const_block(),
+            f"k_w = np.empty(({len(rows)}, LANES))",
+            "k_c0 = k_blk * LANES",
+            *init,
             "k_out = 0",
             "k_base = 0",
-            "k_alive = True",
-            "for k_seg in range(seg_kind.shape[0]):",
-            "    k_kind = seg_kind[k_seg]",
-            "    k_n = seg_nsteps[k_seg]",
-            "    # steps span two base intervals on constant segments only: on ramps and sines",
-            "    # the gates see the voltage at one point per step, so steps stay short there",
+            "k_nseg = seg_kind.shape[0]",
+            "for k_seg in range(k_nseg + 1):",
+            "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
+            "        k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end",
+            "    else:",
+            "        k_kind, k_n = seg_kind[k_seg], seg_nsteps[k_seg]",
+            "        k_v0, k_t0 = seg_v0[k_seg], seg_t0[k_seg]",
+            "    # steps span two base intervals on constant segments only (see docstring)",
             "    k_pairs = k_n // 2 if k_kind == 0 else 0",
             "    k_tseg = 0.0",
-            "    k_h = 2.0 * dt if k_pairs > 0 else dt",
-            "    if k_kind == 0:",
-            f"        {v} = seg_v0[k_seg]",
-            *_indent(self._volt_block(False, True), 2),
             "    for k_i in range(k_n - k_pairs):",
             "        k_h = 2.0 * dt if k_i < k_pairs else dt",
-            "        if k_kind == 0 and k_i == k_pairs and k_i > 0:",
-            "            # an odd number of base intervals ends with one single-interval step",
-            *_indent(self._volt_block(False, True), 3),
-            *_indent(self._set_time("seg_t0[k_seg] + k_tseg"), 2),
-            "        if k_kind != 0:",
-            "            " + command.format(t="k_tseg"),
-            *_indent(self._volt_block(False, False), 3),
-            *_indent(self._dyn_block(False, "k_f"), 2),
-            "        if k_base % stride == 0:",
-            f"            out[k_cell, k_out] = {i_ion}",
-            "            k_out += 1",
-            f"        if not math.isfinite({i_ion}):",
-            "            k_alive = False",
-            "            break",
-            "        if k_kind != 0:",
-            "            " + command.format(t="k_tseg + 0.5 * k_h"),
-            *_indent(self._volt_block(False, True), 3),
-            *_indent(self._save(False), 2),
-            *_indent(self._set_time("seg_t0[k_seg] + k_tseg + 0.5 * k_h"), 2),
-            *_indent(self._advance(False, "0.5 * ", "k_f", "k_dh"), 2),
-            *_indent(self._dyn_block(False, "k_m"), 2),
-            "        if k_i < k_pairs:",
-            "            k_base += 1",
-            "            if k_base % stride == 0:",
-            f"                out[k_cell, k_out] = {i_ion}",
-            "                k_out += 1",
-            *_indent(self._advance(False, "", "k_m", "k_df"), 2),
-            "        k_base += 1",
+            "        k_tstart = k_t0 + k_tseg",
+            "        k_tmid = k_tstart + 0.5 * k_h",
+            "        k_rec0 = k_base % stride == 0",
+            "        k_rec1 = k_i < k_pairs and (k_base + 1) % stride == 0",
+            "        for k_half in range(1 if k_seg == k_nseg else 2):",
+            "            # voltage terms: on steps once per segment (and again for a short last",
+            "            # step), with gates; on ramps and sines every step, at its start only",
+            "            # what the right-hand side needs, at its midpoint also the gates",
+            "            k_ramp = k_kind != 0",
+            "            k_rhs = k_ramp and k_half == 0",
+            "            k_full = (k_ramp and k_half == 1) or (",
+            "                not k_ramp and k_half == 0 and (k_i == 0 or k_i == k_pairs))",
+            "            if k_rhs or k_full:",
+            f"                {v} = k_v0 if not k_ramp else _command(k_kind, k_v0, "
+            "seg_v1[k_seg], seg_amp[k_seg], seg_freq[k_seg], seg_phase[k_seg], "
+            "k_tseg + 0.5 * k_h * k_half, k_n * dt)",
+            "            if k_full:",
+            *_indent(voltage, 4),
+            "            if k_rhs:",
+            *_indent(voltage_rhs, 4),
+            "            if k_half == 0:",
+            *_indent(first_half, 4),
+            "                if k_rec0:",
+            *_indent(copy_out.format(slot="k_out").splitlines(), 5),
+            "                    k_out += 1",
+            "            else:",
+            *_indent(second_half, 4),
+            "                if k_rec1:",
+            *_indent(copy_out.format(slot="k_out").splitlines(), 5),
+            "                    k_out += 1",
+            "        k_base += 2 if k_i < k_pairs else 1",
             "        k_tseg += k_h",
-            "    if not k_alive:",
-            "        break",
-            "if k_alive:",
-            f"    {v} = v_end",
-            *_indent(self._set_time("t_end"), 1),
-            *_indent(self._volt_block(False, False), 1),
-            *_indent(self._dyn_block(False, "k_f"), 1),
-            f"    out[k_cell, k_out] = {i_ion}",
-            f"    k_alive = math.isfinite({i_ion})",
-            "ok[k_cell] = k_alive",
         ]
-        return _batched(
-            "simulate_vc",
+        args = (
             "params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp, seg_freq, "
-            "seg_phase, dt, stride, v_end, t_end, out, ok",
-            body,
+            "seg_phase, dt, stride, v_end, t_end, out"
+        )
+        return (
+            "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
+            f"def _simulate_vc_block(k_blk, {args}):\n"
+            + "\n".join(_indent(body, 1))
+            + "\n\n\n"
+            "@nb.njit(parallel=True, cache=True)\n"
+            f"def simulate_vc({args}):\n"
+            "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
+            "        # the cast keeps one signature: prange indices are sometimes typed uint64\n"
+            f"        _simulate_vc_block(nb.int64(k_blk), {args})\n"
         )
 
     def ap_kernel(self) -> str:
@@ -321,8 +455,19 @@ class KernelSource:
         )
 
     def module(self) -> str:
-        """The complete module: helpers plus both kernels."""
-        return _PRELUDE.format(flags=FASTMATH_FLAGS) + self.vc_kernel() + "\n\n" + self.ap_kernel()
+        """The complete module: helpers plus both kernels.
+
+        The module imports :mod:`sbi_twins.vmath`; Numba's cache does not notice changes in
+        another file, so that file's hash is written into the module (whose name is its hash).
+        """
+        vmath_hash = hashlib.sha256(inspect.getsource(vmath).encode()).hexdigest()[:16]
+        return (
+            f"# sbi_twins.vmath {vmath_hash}\n"
+            + _PRELUDE.format(flags=FASTMATH_FLAGS)
+            + self.vc_kernel()
+            + "\n\n"
+            + self.ap_kernel()
+        )
 
 
 def _batched(name: str, args: str, body: list[str]) -> str:
@@ -344,6 +489,15 @@ def _batched(name: str, args: str, body: list[str]) -> str:
     )
 
 
+_IDENTIFIER = re.compile(r"\b[mk]_\w+\b")
+
+
+def _assigned(lines: list[str]) -> list[str]:
+    """Names assigned by ``lines`` (in order), except the ``k_x`` expansion temporaries."""
+    names = (line.split(" = ", 1)[0].strip() for line in lines if " = " in line)
+    return [n for n in dict.fromkeys(names) if not n.startswith("k_x")]
+
+
 def _indent(lines: list[str], level: int) -> list[str]:
     return [textwrap.indent(line, "    " * level) for line in lines]
 
@@ -352,8 +506,13 @@ _PRELUDE = '''"""Generated by sbi_twins.codegen; do not edit (regenerated when t
 import math
 
 import numba as nb
+import numpy as np
+
+from sbi_twins.vmath import bits_from_double, double_from_bits
 
 FASTMATH = set({flags!r})
+#: Cells advanced in lock step by one vectorised loop.
+LANES = 16
 
 
 @nb.njit(fastmath=FASTMATH, error_model="numpy", cache=True, inline="always")

@@ -213,8 +213,9 @@ class CellModel:
         y0 = self._initial_states(initial_state, theta.shape[0])
         segs = protocol.segments
         seg_t0 = np.concatenate([[0.0], np.cumsum([s.duration_ms for s in segs])[:-1]])
-        out = np.full((theta.shape[0], times.size), np.nan)
-        ok = np.zeros(theta.shape[0], dtype=np.bool_)
+        n_cells = theta.shape[0]
+        lanes = self.kernels.LANES
+        out = np.empty((-(-n_cells // lanes) * lanes, times.size))  # whole blocks of lanes
         self.kernels.simulate_vc(
             theta,
             y0,
@@ -231,9 +232,9 @@ class CellModel:
             float(protocol.voltage(np.array([times[-1]]))[0]),
             float(times[-1]),
             out,
-            ok,
         )
-        return _flag_failures(out, ok)
+        out = out[:n_cells]
+        return _flag_failures(out, np.isfinite(out).all(axis=1))
 
     def simulate_ap(
         self,
