@@ -40,10 +40,10 @@ from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 
-#: LLVM fast-math flags that are safe for NaN/inf detection (no 'nnan'/'ninf'): a bare
-#: ``fastmath=True`` would let LLVM fold ``math.isfinite`` to True.
+#: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
+#: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
 FASTMATH_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
 
 
@@ -431,14 +431,14 @@ class KernelSource:
             *_indent(self._advance(True, "0.5 * ", "k_f", "k_dh"), 2),
             *_indent(self._dyn_block(True, "k_m"), 2),
             *_indent(err_lines, 2),
-            "        if k_err <= 1.0 or k_h <= dt_min or not math.isfinite(k_err):",
+            "        if k_err <= 1.0 or k_h <= dt_min or not _finite(k_err):",
             "            break",
             "        k_dtry = max(dt_min, k_h * max(0.2, 0.9 / math.sqrt(k_err)))",
             *_indent(self._advance(True, "", "k_m", "k_df"), 1),
             "    k_t += k_h",
             "    k_grow = k_h * min(4.0, max(0.2, 0.9 / math.sqrt(max(k_err, 1e-12))))",
             "    k_dtry = min(dt_max, max(k_dtry, k_grow) if k_cut else k_grow)",
-            f"    if not math.isfinite({v}):",
+            f"    if not _finite({v}):",
             "        k_alive = False",
             "        break",
             "    if k_t >= k_target - 1e-9:",
@@ -521,6 +521,12 @@ def _command(kind, v0, v1, amp, freq, phase, t, duration):
     if kind == 1:
         return v0 + (v1 - v0) * (t / duration)
     return v0 + amp * math.sin(2.0 * math.pi * freq * 1e-3 * t + phase)
+
+
+@nb.njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _finite(x):
+    """False for NaN and +-inf. (math.isfinite is folded to True under these fast-math flags.)"""
+    return abs(x) < math.inf
 
 
 @nb.njit(fastmath=FASTMATH, error_model="numpy", cache=True, inline="always")

@@ -110,7 +110,7 @@ def ap_features(
     >>> t = np.arange(0, 3000, 0.5)
     >>> V = np.where((t % 1000) < 300, 20.0, -80.0)
     >>> ap_features(V, 0.5)[["n_beats", "CL"]]
-       n_beats     CL
+       n_beats      CL
     0      2.0  1000.0
     """
     dt = _check_interval(sample_interval_ms)
@@ -174,7 +174,9 @@ def upstroke_times(
 def _check_interval(sample_interval_ms: float) -> float:
     dt = float(sample_interval_ms)
     if not (math.isfinite(dt) and dt > 0):
-        raise ValueError(f"sample_interval_ms must be a finite number > 0, got {sample_interval_ms!r}")
+        raise ValueError(
+            f"sample_interval_ms must be a finite number > 0, got {sample_interval_ms!r}"
+        )
     return dt
 
 
