@@ -40,7 +40,7 @@ from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "5"
+CODEGEN_VERSION = "7"
 
 #: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
 #: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
@@ -64,6 +64,8 @@ class _Writer(PythonExpressionWriter):
         self.vector_math = vector_math
         self.pre: list[str] = []
         self._count = 0
+        #: code of hoisted denominators -> name of the temporary holding their reciprocal
+        self.reciprocals: dict[str, str] = {}
 
     def statement(self, lhs: str, expr: myokit.Expression) -> list[str]:
         """``lhs = expr``, preceded by any expanded function evaluations it needs."""
@@ -87,6 +89,12 @@ class _Writer(PythonExpressionWriter):
     def ex(self, e: myokit.Expression) -> str:
         name = self.hoisted.get(e.code()) if self.hoisted else None
         return name if name is not None else super().ex(e)
+
+    def _ex_divide(self, e: myokit.Divide) -> str:
+        reciprocal = self.reciprocals.get(e[1].code()) if self.reciprocals else None
+        if reciprocal is None:
+            return super()._ex_divide(e)
+        return f"(({self.ex(e[0])}) * {reciprocal})"
 
     def _ex_exp(self, e: myokit.Exp) -> str:
         if not self.vector_math:
@@ -130,6 +138,7 @@ class KernelSource:
     def __init__(self, analysis: ModelAnalysis):
         self.a = analysis
         self._hoisted = {Kind.CONST: {}, Kind.VOLT: {}}
+        self._reciprocals: dict[str, str] = {}
         for expr in self._dyn_expressions(include_v=True):
             self._hoist(expr)
         hoisted = {**self._hoisted[Kind.CONST], **self._hoisted[Kind.VOLT]}
@@ -139,6 +148,8 @@ class KernelSource:
             vector: (_Writer(vector_math=vector), _Writer(hoisted, vector_math=vector))
             for vector in (False, True)
         }
+        for _, dyn_writer in self._writers.values():
+            dyn_writer.reciprocals = self._reciprocals
         self._vector = False
 
     @property
@@ -160,6 +171,9 @@ class KernelSource:
         evaluated once per cell or per clamp segment instead of every step."""
         kind = self.a.expr_kind(expr)
         if kind == Kind.DYN:
+            if isinstance(expr, myokit.Divide) and self._hoist_reciprocal(expr[1]):
+                self._hoist(expr[0])
+                return
             for operand in expr:
                 self._hoist(operand)
         elif not (
@@ -167,6 +181,19 @@ class KernelSource:
         ):  # conditions stay inline: a hoisted boolean would be stored as a float
             table = self._hoisted[kind]
             table.setdefault(expr.code(), f"k_{('const', 'volt')[kind]}{len(table)}")
+
+    def _hoist_reciprocal(self, denominator: myokit.Expression) -> bool:
+        """Hoist ``1 / denominator`` if it is parameter- or voltage-only: a division costs many
+        times a multiplication, and dividing by a per-cell or per-segment constant is common
+        (time constants, GHK and exchanger denominators, volume ratios)."""
+        kind = self.a.expr_kind(denominator)
+        if kind == Kind.DYN or denominator.is_literal():
+            return False  # literal divisors already become multiplications under 'arcp'
+        reciprocal = myokit.Divide(myokit.Number(1), denominator)
+        table = self._hoisted[kind]
+        name = table.setdefault(reciprocal.code(), f"k_{('const', 'volt')[kind]}{len(table)}")
+        self._reciprocals[denominator.code()] = name
+        return True
 
     def _hoisted_lines(self, kind: Kind) -> list[str]:
         lines = []
@@ -287,7 +314,8 @@ class KernelSource:
         saved += [f"k_g{k}" for k in range(len(self.a.gates))]
         derivatives = [f"k_f{k}" for k in range(len(explicit))]
         persistent = params + _assigned(const) + states + _assigned(volt) + saved + derivatives
-        rows = {name: row for row, name in enumerate(dict.fromkeys(persistent + ["k_ion"]))}
+        extra = ["k_ion", "k_bad"]  # I_ion of the current evaluation; count of non-finite values
+        rows = {name: row for row, name in enumerate(dict.fromkeys(persistent + extra))}
 
         unpack = [f"{p} = params[k_src, {k}]" for k, p in enumerate(params)]
         unpack += [
@@ -296,9 +324,9 @@ class KernelSource:
             if s is not self.a.v
         ]
         init = self._lane_loop(
-            ["k_src = min(k_c0 + k_c, params.shape[0] - 1)", *unpack, *const],
+            ["k_src = min(k_c0 + k_c, params.shape[0] - 1)", *unpack, *const, "k_bad = 0.0"],
             rows,
-            params + _assigned(const) + states,
+            params + _assigned(const) + states + ["k_bad"],
             load=False,
         )
         voltage = self._lane_loop(volt, rows, _assigned(volt))
@@ -309,10 +337,12 @@ class KernelSource:
                 *self._set_time("k_tstart"),
                 *self._dyn_block(False, "k_f"),
                 f"k_ion = {i_ion}",
+                # NaN/inf propagate through the states, so checking here covers every sample
+                "k_bad += 0.0 if abs(k_ion) < math.inf else 1.0",  # see _finite
                 *self._save(False),
             ],
             rows,
-            saved + derivatives + ["k_ion"],
+            saved + derivatives + ["k_ion", "k_bad"],
         )
         second_half = self._lane_loop(
             [
@@ -376,10 +406,12 @@ class KernelSource:
             "                    k_out += 1",
             "        k_base += 2 if k_i < k_pairs else 1",
             "        k_tseg += k_h",
+            "for k_c in range(LANES):",
+            f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
         ]
         args = (
             "params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp, seg_freq, "
-            "seg_phase, dt, stride, v_end, t_end, out"
+            "seg_phase, dt, stride, v_end, t_end, out, ok"
         )
         return (
             "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"

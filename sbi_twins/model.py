@@ -214,8 +214,9 @@ class CellModel:
         segs = protocol.segments
         seg_t0 = np.concatenate([[0.0], np.cumsum([s.duration_ms for s in segs])[:-1]])
         n_cells = theta.shape[0]
-        lanes = self.kernels.LANES
-        out = np.empty((-(-n_cells // lanes) * lanes, times.size))  # whole blocks of lanes
+        n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
+        out = np.empty((n_padded, times.size))
+        ok = np.empty(n_padded, dtype=np.bool_)
         self.kernels.simulate_vc(
             theta,
             y0,
@@ -232,9 +233,9 @@ class CellModel:
             float(protocol.voltage(np.array([times[-1]]))[0]),
             float(times[-1]),
             out,
+            ok,
         )
-        out = out[:n_cells]
-        return _flag_failures(out, np.isfinite(out).all(axis=1))
+        return _flag_failures(out[:n_cells], ok[:n_cells])
 
     def simulate_ap(
         self,
