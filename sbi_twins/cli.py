@@ -26,7 +26,10 @@ def _demo(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     protocol = load_protocol(args.protocol)
     print(f"model    {model}")
-    print(f"protocol {protocol.name}: {len(protocol.segments)} segments, {protocol.duration_ms:g} ms")
+    print(
+        f"protocol {protocol.name}: {len(protocol.segments)} segments, "
+        f"{protocol.duration_ms:g} ms"
+    )
 
     start = time.perf_counter()
     current = model.simulate_vc(protocol, sample_interval_ms=args.sample_interval)[0]

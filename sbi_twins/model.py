@@ -408,7 +408,8 @@ def load_model(name_or_path: str | os.PathLike) -> CellModel:
             model = myokit.parse_model(data.decode())
             model.validate()
         except myokit.ParseError as e:
-            raise ValueError(f"cannot parse model file {path}:\n{myokit.format_parse_error(e)}") from None
+            message = myokit.format_parse_error(e)
+            raise ValueError(f"cannot parse model file {path}:\n{message}") from None
         except myokit.MyokitError as e:
             raise ValueError(f"invalid model file {path}: {e}") from None
         try:

@@ -18,7 +18,6 @@ import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
