@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .model import CellModel, SimulationWarning, load_model
+from .prior import Prior, load_prior
 from .protocol import Protocol, Segment, load_protocol
 
 try:
@@ -12,10 +13,12 @@ except PackageNotFoundError:  # running from a source checkout without installat
 
 __all__ = [
     "CellModel",
+    "Prior",
     "Protocol",
     "Segment",
     "SimulationWarning",
     "__version__",
     "load_model",
+    "load_prior",
     "load_protocol",
 ]

@@ -67,7 +67,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml")):
+    for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml"), ("priors", ".toml")):
         print(f"{kind}: {', '.join(_resources.available(kind, suffix))}")
     return 0
 

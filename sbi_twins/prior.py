@@ -1,0 +1,301 @@
+"""Priors over named model parameters, read from TOML files (``priors/*.toml``).
+
+A prior file names a model and lists the parameters that vary; every other parameter of the model
+keeps the value in the model file. Each varying parameter is ``baseline x multiplier``, where the
+baseline comes from the model file (or an explicit ``baseline``) and the multiplier follows one of
+
+``uniform``
+    U(low, high).
+``log_uniform``
+    log-uniform on [low, high] (0 < low < high).
+``log_normal``
+    log(multiplier) ~ N(0, sigma): median 1, unbounded.
+``fixed``
+    not varied; ``value`` (absolute) replaces the model file's value.
+
+For inference the varying parameters are also offered on an unbounded space ``z`` (one coordinate
+per parameter): ``z = logit`` of the position within the bounds for (log-)uniform multipliers,
+``z = log(multiplier) / sigma`` for log-normal ones. Under the prior, ``z`` is standard logistic or
+standard normal, and every ``z`` maps back inside the bounds, so a normalising flow trained on ``z``
+can never propose parameters outside them.
+
+Example file::
+
+    model = "kernik2019"
+    description = "..."
+
+    [[parameter]]
+    name = "ina.g_Na"
+    distribution = "uniform"
+    low = 0.6
+    high = 1.4
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import _resources
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "log_normal", "fixed")
+_FIELDS = {
+    "uniform": {"low", "high"},
+    "log_uniform": {"low", "high"},
+    "log_normal": {"sigma"},
+    "fixed": set(),
+}
+_OPTIONAL = {"name", "distribution", "baseline", "value"}
+
+
+@dataclass(frozen=True)
+class ParameterPrior:
+    """The prior of one named parameter (see the module docstring for the distributions)."""
+
+    name: str
+    distribution: str
+    baseline: float
+    low: float = math.nan
+    high: float = math.nan
+    sigma: float = math.nan
+    value: float = math.nan
+
+
+class Prior:
+    """Independent priors on named parameters of one model.
+
+    Parameters
+    ----------
+    model : str
+        Name of the model file the parameters belong to.
+    parameters : list of ParameterPrior
+        One entry per listed parameter (varying or fixed).
+    description, source : str
+        Free text and the file the prior was read from.
+    """
+
+    def __init__(
+        self, model: str, parameters: list[ParameterPrior], description: str = "", source: str = ""
+    ):
+        self.model = model
+        self.description = description
+        self.source = source
+        self.parameters = tuple(parameters)
+        varying = [p for p in parameters if p.distribution != "fixed"]
+        self.names: tuple[str, ...] = tuple(p.name for p in varying)
+        self.baselines = np.array([p.baseline for p in varying])
+        self.fixed: dict[str, float] = {
+            p.name: p.value for p in parameters if p.distribution == "fixed"
+        }
+        self._kind = np.array([DISTRIBUTIONS.index(p.distribution) for p in varying])
+        self._low = np.array([p.low for p in varying])
+        self._high = np.array([p.high for p in varying])
+        self._sigma = np.array([p.sigma for p in varying])
+        self._uniform = self._kind == 0
+        self._log_uniform = self._kind == 1
+        self._log_normal = self._kind == 2
+
+    def __repr__(self) -> str:
+        return f"Prior({self.model!r}, {len(self.names)} varying, {len(self.fixed)} fixed)"
+
+    # -- multipliers <-> z ---------------------------------------------------------------------
+    def _position(self, m: np.ndarray) -> np.ndarray:
+        """Position of the multipliers within their bounds (0..1) or log(m)/sigma (log-normal)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_m = np.log(m)
+            return np.where(
+                self._uniform,
+                (m - self._low) / (self._high - self._low),
+                np.where(
+                    self._log_uniform,
+                    (log_m - np.log(self._low)) / (np.log(self._high) - np.log(self._low)),
+                    log_m / self._sigma,
+                ),
+            )
+
+    def to_unbounded(self, theta: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Map parameter values, shape (N, D) in :attr:`names` order, to the unbounded ``z``."""
+        u = self._position(self._as_array(theta) / self.baselines)
+        with np.errstate(divide="ignore", invalid="ignore"):  # np.where evaluates both branches
+            return np.where(self._log_normal, u, np.log(u) - np.log1p(-u))
+
+    def from_unbounded(self, z: np.ndarray) -> np.ndarray:
+        """Map ``z`` (N, D) back to parameter values; (log-)uniform ones always within bounds."""
+        z = np.asarray(z, dtype=float)
+        u = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic sigmoid, without overflow warnings
+        m = np.where(
+            self._uniform,
+            self._low + u * (self._high - self._low),
+            np.where(
+                self._log_uniform,
+                np.exp(np.log(self._low) + u * (np.log(self._high) - np.log(self._low))),
+                np.exp(z * self._sigma),
+            ),
+        )
+        return m * self.baselines
+
+    # -- distribution ----------------------------------------------------------------------------
+    def sample(self, n: int, seed: int | np.random.Generator | None = None) -> pd.DataFrame:
+        """Draw ``n`` parameter sets; columns are :attr:`names`, values in model units."""
+        if not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        rng = np.random.default_rng(seed)
+        u = rng.random((n, len(self.names)))
+        z = np.where(self._log_normal, rng.standard_normal(u.shape), np.log(u) - np.log1p(-u))
+        return pd.DataFrame(self.from_unbounded(z), columns=list(self.names))
+
+    def log_prob(self, theta: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Log density of parameter sets (N, D) in model units; -inf outside the bounds."""
+        theta = self._as_array(theta)
+        m = theta / self.baselines
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_m = np.log(m)
+            width = self._high - self._low
+            log_width = np.log(self._high) - np.log(self._low)
+            density = np.where(
+                self._uniform,
+                -np.log(width),
+                np.where(
+                    self._log_uniform,
+                    -log_m - np.log(log_width),
+                    -0.5 * (log_m / self._sigma) ** 2
+                    - np.log(self._sigma * np.sqrt(2 * np.pi))
+                    - log_m,
+                ),
+            )
+            # bounds compared in model units, as from_unbounded produces them (exactly b*low
+            # at the lower end; theta/b might round to just below low)
+            lo = np.minimum(self.baselines * self._low, self.baselines * self._high)
+            hi = np.maximum(self.baselines * self._low, self.baselines * self._high)
+            inside = self._log_normal | ((theta >= lo) & (theta <= hi))
+            density = np.where(inside & (m > 0), density, -np.inf)
+        return (density - np.log(np.abs(self.baselines))).sum(axis=1)
+
+    def unbounded_distribution(self):
+        """The prior of ``z`` as a torch distribution (sbi-compatible: ``sample``,
+        ``log_prob``, ``event_shape`` (D,)). Imports torch on first use."""
+        from ._torch_prior import StandardPrior
+
+        return StandardPrior(self._log_normal)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _as_array(self, theta: np.ndarray | pd.DataFrame) -> np.ndarray:
+        if isinstance(theta, pd.DataFrame):
+            missing = [n for n in self.names if n not in theta.columns]
+            if missing:
+                raise ValueError(f"parameter values lack columns {missing}")
+            theta = theta[list(self.names)].to_numpy()
+        arr = np.atleast_2d(np.asarray(theta, dtype=float))
+        if arr.shape[-1] != len(self.names):
+            raise ValueError(
+                f"expected {len(self.names)} parameter columns ({', '.join(self.names[:3])}, ...), "
+                f"got shape {np.shape(theta)}"
+            )
+        return arr
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able definition (for manifests)."""
+        return {
+            "model": self.model,
+            "description": self.description,
+            "parameters": [
+                {k: v for k, v in asdict(p).items() if not (isinstance(v, float) and math.isnan(v))}
+                for p in self.parameters
+            ],
+        }
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical definition (independent of file formatting and location)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def load_prior(name_or_path: str | os.PathLike) -> Prior:
+    """Load a prior by bundled name (e.g. ``"kernik2019_pm40"``) or from a ``.toml`` path.
+
+    Baselines come from the model file the prior names, which is loaded (parsed, not compiled).
+
+    Raises
+    ------
+    FileNotFoundError
+        Unknown bundled name (the available ones are listed) or missing file.
+    ValueError
+        Invalid file: syntax, unknown distribution or field, inverted or non-positive bounds,
+        duplicate parameters, or a parameter the model does not have (close names suggested).
+    """
+    from .model import load_model
+
+    path = _resources.resolve(name_or_path, "priors", ".toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from None
+    if "model" not in data:
+        raise ValueError(f"{path}: missing 'model = \"<model name or .mmt path>\"'")
+    entries = data.get("parameter", [])
+    if not entries:
+        raise ValueError(f"{path}: no [[parameter]] entries")
+    model = load_model(data["model"])
+    defaults = dict(zip(model.parameter_names, model.default_parameters, strict=True))
+    parameters, seen = [], set()
+    for k, entry in enumerate(entries, start=1):
+        parameters.append(_parse_entry(entry, k, path, defaults))
+        if parameters[-1].name in seen:
+            raise ValueError(f"{path}: parameter '{parameters[-1].name}' is listed twice")
+        seen.add(parameters[-1].name)
+    return Prior(str(data["model"]), parameters, str(data.get("description", "")), str(path))
+
+
+def _parse_entry(entry: dict, k: int, path: Path, defaults: dict[str, float]) -> ParameterPrior:
+    where = f"{path}: [[parameter]] {k}"
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: missing 'name'")
+    where += f" ('{name}')"
+    if name not in defaults:
+        close = difflib.get_close_matches(name, list(defaults), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{where}: the model has no parameter '{name}'{hint}")
+    distribution = entry.get("distribution")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"{where}: distribution must be one of {', '.join(DISTRIBUTIONS)}, "
+            f"got {distribution!r}"
+        )
+    allowed = _FIELDS[distribution] | _OPTIONAL
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for '{distribution}'")
+    missing = sorted(_FIELDS[distribution] - set(entry))
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing} for '{distribution}'")
+    values = {}
+    for field in (_FIELDS[distribution] | {"baseline", "value"}) & set(entry):
+        value = entry[field]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value):
+            raise ValueError(f"{where}: '{field}' must be a finite number, got {value!r}")
+        values[field] = float(value)
+    baseline = values.pop("baseline", float(defaults[name]))
+    if distribution != "fixed" and baseline == 0:
+        raise ValueError(f"{where}: baseline is 0, so a multiplier cannot vary it; give 'baseline'")
+    if "low" in values and not values["low"] < values["high"]:
+        low, high = values["low"], values["high"]
+        raise ValueError(f"{where}: bounds inverted or empty (low {low} >= high {high})")
+    if distribution == "log_uniform" and values["low"] <= 0:
+        raise ValueError(f"{where}: log_uniform needs 0 < low, got {values['low']}")
+    if distribution == "uniform" and values["low"] < 0:
+        raise ValueError(f"{where}: a multiplier range must not include negative values")
+    if distribution == "log_normal" and values["sigma"] <= 0:
+        raise ValueError(f"{where}: sigma must be > 0, got {values['sigma']}")
+    if distribution == "fixed":
+        values["value"] = values.get("value", baseline)
+    return ParameterPrior(name, distribution, baseline, **values)

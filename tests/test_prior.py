@@ -1,0 +1,168 @@
+"""Prior files: the bundled ±40 % prior, sampling, densities, the unbounded space, bad files."""
+
+import csv
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA
+from scipy import stats
+
+from sbi_twins import load_model, load_prior
+
+
+@pytest.fixture(scope="module")
+def pm40():
+    return load_prior("kernik2019_pm40")
+
+
+def _write(tmp_path, body, name="p.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_bundled_prior_is_the_52_parameter_set_at_model_baselines(pm40):
+    with open(DATA / "kernik2019_parameters.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["in_52_default"].strip() == "1"]
+    assert pm40.names == tuple(r["model_name"] for r in rows)
+    model = load_model("kernik2019")
+    defaults = dict(zip(model.parameter_names, model.default_parameters, strict=True))
+    np.testing.assert_array_equal(pm40.baselines, [defaults[n] for n in pm40.names])
+    assert pm40.fixed == {}
+
+
+def test_samples_are_reproducible_and_inside_the_bounds(pm40):
+    a, b = pm40.sample(2000, seed=7), pm40.sample(2000, seed=7)
+    assert list(a.columns) == list(pm40.names)
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    assert not np.array_equal(a.to_numpy(), pm40.sample(2000, seed=8).to_numpy())
+    m = a.to_numpy() / pm40.baselines  # multipliers (baselines may be negative)
+    assert m.min() >= 0.6 and m.max() <= 1.4
+    # uniform multipliers: Kolmogorov-Smirnov against U(0.6, 1.4) for a few columns
+    for k in (0, 17, 51):
+        assert stats.kstest(m[:, k], stats.uniform(0.6, 0.8).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_sample_size_must_be_positive_integer(pm40, n):
+    with pytest.raises(ValueError, match="positive integer"):
+        pm40.sample(n)
+
+
+def test_unbounded_round_trip_and_extremes_stay_inside(pm40):
+    theta = pm40.sample(100, seed=1)
+    z = pm40.to_unbounded(theta)
+    np.testing.assert_allclose(pm40.from_unbounded(z), theta.to_numpy(), rtol=1e-12)
+    extreme = pm40.from_unbounded(np.array([[-1e3] * 52, [-40.0] * 52, [40.0] * 52, [1e3] * 52]))
+    assert np.isfinite(pm40.log_prob(extreme)).all()  # on or inside the bounds, never outside
+
+
+def test_log_prob_is_uniform_inside_and_minus_inf_outside(pm40):
+    theta = pm40.sample(10, seed=2).to_numpy()
+    expected = -np.log(0.8 * np.abs(pm40.baselines)).sum()
+    np.testing.assert_allclose(pm40.log_prob(theta), expected)
+    outside = theta.copy()
+    outside[3, 5] = pm40.baselines[5] * 1.41
+    assert pm40.log_prob(outside)[3] == -np.inf
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """A prior on the HH model using every distribution."""
+    path = _write(
+        tmp_path,
+        """
+        model = "hh1952"
+        [[parameter]]
+        name = "ina.g_Na"
+        distribution = "uniform"
+        low = 0.5
+        high = 2.0
+        [[parameter]]
+        name = "ik.g_K"
+        distribution = "log_uniform"
+        low = 0.1
+        high = 10.0
+        [[parameter]]
+        name = "il.E_L"
+        distribution = "log_normal"
+        sigma = 0.2
+        [[parameter]]
+        name = "membrane.Cm"
+        distribution = "fixed"
+        value = 2.0
+        """,
+    )
+    return load_prior(path)
+
+
+def test_density_is_the_change_of_variables_of_the_unbounded_density(mixed):
+    """log p(theta) = log p(z) + log |dz/dtheta|, with p(z) the torch distribution."""
+    assert mixed.names == ("ina.g_Na", "ik.g_K", "il.E_L") and mixed.fixed == {"membrane.Cm": 2.0}
+    theta = mixed.sample(50, seed=3).to_numpy()
+    z = mixed.to_unbounded(theta)
+    eps = 1e-7 * np.abs(theta)
+    # the map is diagonal, so one central difference per coordinate gives dz_k/dtheta_k
+    jac = (mixed.to_unbounded(theta + eps) - mixed.to_unbounded(theta - eps)) / (2 * eps)
+    log_pz = mixed.unbounded_distribution().log_prob(torch.as_tensor(z)).numpy()
+    expected = log_pz + np.log(np.abs(jac)).sum(1)
+    np.testing.assert_allclose(mixed.log_prob(theta), expected, atol=1e-5)
+
+
+def test_log_uniform_and_log_normal_marginals(mixed):
+    m = mixed.sample(20_000, seed=4).to_numpy() / mixed.baselines
+    log_uniform = stats.uniform(np.log(0.1), np.log(100.0))
+    assert stats.kstest(np.log(m[:, 1]), log_uniform.cdf).pvalue > 1e-3
+    assert stats.kstest(np.log(m[:, 2]) / 0.2, "norm").pvalue > 1e-3
+
+
+def test_torch_distribution_is_sbi_shaped_and_maps_inside_bounds(pm40):
+    dist = pm40.unbounded_distribution()
+    torch.manual_seed(0)
+    z = dist.sample((500,))
+    assert z.shape == (500, 52) and dist.event_shape == (52,)
+    assert dist.log_prob(z).shape == (500,)
+    assert np.isfinite(pm40.log_prob(pm40.from_unbounded(z.double().numpy()))).all()
+
+
+def test_content_hash_tracks_the_definition(tmp_path, mixed):
+    text = (tmp_path / "p.toml").read_text()
+    same = load_prior(_write(tmp_path, "# a comment\n" + text, "q.toml"))
+    changed = load_prior(_write(tmp_path, text.replace("sigma = 0.2", "sigma = 0.3"), "r.toml"))
+    assert same.content_hash() == mixed.content_hash() != changed.content_hash()
+
+
+BAD = [
+    (
+        'name = "ina.gNa"\ndistribution = "uniform"\nlow = 0.5\nhigh = 2.0',
+        "no parameter 'ina.gNa'.*ina.g_Na",
+    ),
+    ('name = "ina.g_Na"\ndistribution = "uniform"\nlow = 2.0\nhigh = 0.5', "bounds inverted"),
+    ('name = "ina.g_Na"\ndistribution = "gaussian"', "must be one of uniform, log_uniform"),
+    ('name = "ina.g_Na"\ndistribution = "uniform"\nlow = 0.5', r"missing field\(s\) \['high'\]"),
+    ('name = "ina.g_Na"\ndistribution = "uniform"\nlow = 0.5\nhigh = 2.0\nhihg = 3', "unknown"),
+    ('name = "ina.g_Na"\ndistribution = "log_uniform"\nlow = 0.0\nhigh = 2.0', "0 < low"),
+    ('name = "ina.g_Na"\ndistribution = "log_normal"\nsigma = -1', "sigma must be > 0"),
+    ('name = "ina.g_Na"\ndistribution = "uniform"\nlow = "a"\nhigh = 2.0', "finite number"),
+]
+
+
+@pytest.mark.parametrize(("entry", "message"), BAD)
+def test_bad_parameter_entries(tmp_path, entry, message):
+    path = _write(tmp_path, f'model = "hh1952"\n[[parameter]]\n{entry}\n')
+    with pytest.raises(ValueError, match=message):
+        load_prior(path)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="kernik2019_pm40"):
+        load_prior("no_such_prior")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        load_prior(_write(tmp_path, "model = \n"))
+    with pytest.raises(ValueError, match="missing 'model"):
+        load_prior(_write(tmp_path, "[[parameter]]\nname = 'x'\n"))
+    entry = '[[parameter]]\nname = "ina.g_Na"\ndistribution = "fixed"\n'
+    with pytest.raises(ValueError, match="listed twice"):
+        load_prior(_write(tmp_path, f'model = "hh1952"\n{entry}{entry}'))
