@@ -14,6 +14,7 @@ Three independent references:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import myokit
@@ -141,6 +142,8 @@ def _cvode(model: myokit.Model) -> myokit.Simulation:
     try:
         sim = myokit.Simulation(model)
     except myokit.CompilationError as e:  # no compiler or SUNDIALS on this machine
+        if os.environ.get("CI"):  # CI installs SUNDIALS: a failure there is a real error
+            raise
         pytest.skip(f"myokit cannot compile a CVODE simulation: {e}")
     sim.set_tolerance(*CVODE_TOLERANCE)
     sim.set_max_step_size(1.0)
