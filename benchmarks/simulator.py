@@ -461,6 +461,15 @@ def machine_info() -> dict:
 # -------------------------------------------------------------------------------------------
 # Benchmarks
 # -------------------------------------------------------------------------------------------
+def warm_up(run) -> tuple:
+    """First call of ``run`` (compiles if not cached): its result, duration and warnings."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run()
+    return result, time.perf_counter() - t0, caught
+
+
 def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
     import numba
 
@@ -476,11 +485,7 @@ def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
 
     numba.set_num_threads(1)
     log(f"VC: {n} cells x {times.size} samples; warm-up call (compiles if not cached) ...")
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        i_ours = ours()
-    first_call_s = time.perf_counter() - t0
+    i_ours, first_call_s, caught = warm_up(ours)
     n_failed_ours = int((~np.isfinite(i_ours).all(axis=1)).sum())
 
     sim, myokit_compile_s = myokit_simulation(protocol)
@@ -571,11 +576,7 @@ def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log)
 
     numba.set_num_threads(1)
     log(f"AP: {n} cells x {duration_ms / 1000:g} s; warm-up call ...")
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        v_ours = ours()
-    first_call_s = time.perf_counter() - t0
+    v_ours, first_call_s, caught = warm_up(ours)
 
     sim, myokit_compile_s = myokit_simulation()
     ours_s, myokit_s = [], []

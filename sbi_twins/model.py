@@ -212,7 +212,6 @@ class CellModel:
         theta = self.parameter_matrix(params)
         y0 = self._initial_states(initial_state, theta.shape[0])
         segs = protocol.segments
-        seg_t0 = np.concatenate([[0.0], np.cumsum([s.duration_ms for s in segs])[:-1]])
         n_cells = theta.shape[0]
         n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
         out = np.empty((n_padded, times.size))
@@ -222,7 +221,7 @@ class CellModel:
             y0,
             np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
             nsteps,
-            seg_t0,
+            protocol.edges_ms[:-1],
             np.array([s.v_start_mV for s in segs], float),
             np.array([s.v_end_mV for s in segs], float),
             np.array([s.amplitude_mV for s in segs], float),

@@ -7,20 +7,21 @@ import pytest
 from sbi_twins.vmath import FASTMATH, vexp, vlog, vpow
 
 
-@nb.njit(fastmath=FASTMATH, error_model="numpy")
-def _exp_all(x):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = vexp(x[i])
-    return out
+def _elementwise(function):
+    """A compiled loop applying ``function`` to each element, as the kernels use it."""
+
+    @nb.njit(fastmath=FASTMATH, error_model="numpy")
+    def apply(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = function(x[i])
+        return out
+
+    return apply
 
 
-@nb.njit(fastmath=FASTMATH, error_model="numpy")
-def _log_all(x):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = vlog(x[i])
-    return out
+_exp_all = _elementwise(vexp)
+_log_all = _elementwise(vlog)
 
 
 def test_exp_relative_error_over_the_normal_range():
