@@ -40,7 +40,7 @@ from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "7"
+CODEGEN_VERSION = "8"
 
 #: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
 #: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
@@ -481,11 +481,12 @@ class KernelSource:
             f"        out[k_cell, k_out] = {v}",
             "        k_out += 1",
             "ok[k_cell] = k_alive",
+            *[f"y_end[k_cell, {k}] = {identifier(s)}" for k, s in enumerate(self.a.states)],
         ]
         return _batched(
             "simulate_ap",
             "params, y0, sample_interval, cycle_length, stim_duration, dt_max, dt_min, atol_v, "
-            "rtol, y_scale, out, ok",
+            "rtol, y_scale, out, ok, y_end",
             body,
         )
 

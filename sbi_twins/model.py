@@ -248,7 +248,8 @@ class CellModel:
         atol_mV: float = 0.02,
         rtol: float = 2e-3,
         dt_max_ms: float = 0.2,
-    ) -> np.ndarray:
+        return_final_state: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Simulate current clamp (spontaneous or paced) and return the membrane potential.
 
         Parameters
@@ -279,9 +280,10 @@ class CellModel:
 
         Returns
         -------
-        numpy.ndarray
+        numpy.ndarray or (numpy.ndarray, numpy.ndarray)
             Shape (N, T): membrane potential (mV). Rows of cells whose integration blew up are
-            NaN (a :class:`SimulationWarning` names them).
+            NaN (a :class:`SimulationWarning` names them). With ``return_final_state``, also the
+            final states (NaN rows for failed cells).
         """
         for name, value in [
             ("duration_ms", duration_ms),
@@ -312,6 +314,7 @@ class CellModel:
         y0 = self._initial_states(initial_state, theta.shape[0])
         out = np.full((theta.shape[0], n_samples), np.nan)
         ok = np.zeros(theta.shape[0], dtype=np.bool_)
+        y_end = np.full_like(y0, np.nan)
         self.kernels.simulate_ap(
             theta,
             y0,
@@ -325,8 +328,13 @@ class CellModel:
             self._ap_y_scale,
             out,
             ok,
+            y_end,
         )
-        return _flag_failures(out, ok)
+        out = _flag_failures(out, ok)
+        if return_final_state:
+            y_end[~ok] = np.nan
+            return out, y_end
+        return out
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -310,3 +310,16 @@ def test_second_process_loads_compiled_kernels_from_disk(tmp_path):
     assert second["hits"] == {"simulate_vc": 1, "simulate_ap": 1}
     assert second["kernel_file"] == first["kernel_file"]
     assert second["current"] == first["current"] and second["voltage"] == first["voltage"]
+
+
+def test_ap_continues_from_its_final_state(kernik):
+    """Two 1.5 s pieces chained through the final state follow one 3 s run: the adaptive step
+    restarts at the join, so agreement is within the integration tolerance, not exact."""
+    whole = kernik.simulate_ap(duration_ms=3000)
+    first, state = kernik.simulate_ap(duration_ms=1500, return_final_state=True)
+    second = kernik.simulate_ap(duration_ms=1500, initial_state=state)
+    assert state.shape == (1, len(kernik.state_names))
+    assert first[0, -1] == pytest.approx(state[0, kernik.state_names.index("membrane.V")])
+    np.testing.assert_array_equal(first, whole[:, :3001])
+    joined = np.concatenate([first, second[:, 1:]], axis=1)
+    assert np.abs(joined - whole).max() < 0.5
