@@ -40,7 +40,7 @@ from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "8"
+CODEGEN_VERSION = "9"
 
 #: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
 #: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
@@ -428,6 +428,181 @@ class KernelSource:
             f"        _simulate_vc_block(nb.int64(k_blk), {args})\n"
         )
 
+    def artefact_kernel(self) -> str:
+        """Voltage clamp through series resistance: V is a state driven by the command.
+
+        The recording model of :mod:`sbi_twins.observe` (after Lei et al. 2020): per cell a
+        residual time constant ``tau = (1 - alpha) Rs Cm``, a voltage offset, and a seal leak
+        ``g_leak (V - E_leak)`` that adds to I_ion. With ``I = I_ion + I_leak``::
+
+            dV/dt     = (V_cmd + V_off - V) / tau - I(V, y)
+            dV_est/dt = (V_cmd - V_est) / tau          (the amplifier's prediction of V)
+            recorded  = I + dV/dt - dV_est/dt
+
+        ``tau`` can be far shorter than a step (a well-compensated recording), so V takes a
+        linearly implicit exponential step: ``I`` is linearised around the current V with its
+        slope ``g = dI/dV`` at frozen states (a one-sided difference), and the linear ODE is
+        solved exactly over the step; this is stable for any ``tau``. Gates and other states
+        take the midpoint/Rush-Larsen step of the other kernels, at the predicted midpoint V.
+        The recorded current follows from the two ODEs as ``(V_est + V_off - V) / tau``; it is
+        exact for a passive cell (tested against the closed form). In the stiff limit
+        (``tau`` << step) V settles each step on the quasi-steady value for the midpoint
+        currents, so the recorded current lags the ideal one by half a step (25 us at the
+        default step, well below the group delay of the amplifier's own low-pass filter).
+
+        Cells advance in lanes as in :meth:`vc_kernel`; every step evaluates the voltage terms
+        (V differs per cell). Output: the recorded current and V at every sample.
+        """
+        self._vector = True
+        try:
+            return self._artefact_kernel()
+        finally:
+            self._vector = False
+
+    def _phi(self, lhs: str, rate: str, span: str) -> list[str]:
+        """``lhs = (1 - exp(-rate*span)) / rate``: the exact step factor of ``dx/dt = F - rate*x``
+        (``span`` as ``rate`` -> 0)."""
+        decay = f"{lhs}_e"
+        return [
+            *self._w.exp_statement(decay, f"-({rate}) * {span}"),
+            f"{lhs} = (1.0 - {decay}) / {rate} if abs({rate}) * {span} > 1e-9 else {span}",
+        ]
+
+    def _artefact_kernel(self) -> str:
+        v = identifier(self.a.v)
+        i_ion = identifier(self.a.i_ion)
+        explicit = self.a.explicit_rhs(False)
+        params = [identifier(p) for p in self.a.parameters]
+        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        const = self._const_block()
+        saved = [f"k_y{k}" for k in range(len(explicit))]
+        saved += [f"k_g{k}" for k in range(len(self.a.gates))]
+        derivatives = [f"k_f{k}" for k in range(len(explicit))]
+        clamp = ["k_tinv", "k_voff", "k_gl", "k_el", "k_vm", "k_vest"]
+        step = ["k_ion", "k_bad", "k_geff", "k_a", "k_vmid", "k_rec", "k_vrec"]
+        persistent = params + _assigned(const) + states + saved + derivatives + clamp + step
+        rows = {name: row for row, name in enumerate(dict.fromkeys(persistent))}
+
+        unpack = [f"{p} = params[k_src, {k}]" for k, p in enumerate(params)]
+        unpack += [
+            f"{identifier(s)} = y0[k_src, {k}]"
+            for k, s in enumerate(self.a.states)
+            if s is not self.a.v
+        ]
+        unpack += [
+            "k_tinv = 1.0 / nuisance[k_src, 0]",
+            "k_voff = nuisance[k_src, 1]",
+            "k_gl = nuisance[k_src, 2]",
+            "k_el = nuisance[k_src, 3]",
+            "k_vest = v_start",
+            "k_vm = v_start + k_voff",
+        ]
+        init = self._lane_loop(
+            ["k_src = min(k_c0 + k_c, params.shape[0] - 1)", *unpack, *const, "k_bad = 0.0"],
+            rows,
+            params + _assigned(const) + states + clamp + ["k_bad"],
+            load=False,
+        )
+        volt_rhs = self._volt_block(False, False)
+        ion_only = self._assign(
+            self.a.closure([myokit.Name(self.a.i_ion)], Kind.DYN), self._w_dyn
+        )
+        start = self._lane_loop(
+            [
+                f"{v} = k_vm",
+                *volt_rhs,
+                *self._set_time("k_tstart"),
+                *self._dyn_block(False, "k_f"),
+                f"k_ion = {i_ion} + k_gl * (k_vm - k_el)",
+                "k_bad += 0.0 if abs(k_ion) < math.inf else 1.0",  # see _finite
+                # slope of I at frozen states, for the implicit treatment of V
+                f"{v} = k_vm + {_SLOPE_DV!r}",
+                *volt_rhs,
+                *ion_only,
+                f"k_geff = ({i_ion} + k_gl * ({v} - k_el) - k_ion) * {1 / _SLOPE_DV!r}",
+                # start on the quasi-steady V of the holding command (linearised I)
+                "k_vq = (k_vcmid + k_voff + (k_geff * k_vm - k_ion) / k_tinv) / "
+                "(1.0 + k_geff / k_tinv)",
+                "k_ion = k_ion + k_geff * (k_vq - k_vm) if k_base == 0 else k_ion",
+                "k_vm = k_vq if k_base == 0 else k_vm",
+                "k_rec = (k_vest + k_voff - k_vm) * k_tinv",
+                "k_vrec = k_vm",
+                *self._save(False),
+                "k_a = k_tinv + k_geff",
+                *self._phi("k_phi", "k_a", "0.5 * k_h"),
+                "k_vmid = k_vm + k_phi * ((k_vcmid + k_voff - k_vm) * k_tinv - k_ion)",
+            ],
+            rows,
+            saved + derivatives + ["k_ion", "k_bad", "k_geff", "k_a", "k_vmid", "k_rec", "k_vrec"]
+            + ["k_vm"],
+        )
+        finish = self._lane_loop(
+            [
+                f"{v} = k_vmid",
+                *self._volt_block(False, True),
+                *self._set_time("k_tmid"),
+                *self._advance(False, "0.5 * ", "k_f", "k_dh"),
+                *self._dyn_block(False, "k_m"),
+                f"k_imid = {i_ion} + k_gl * (k_vmid - k_el)",
+                *self._advance(False, "", "k_m", "k_df"),
+                *self._phi("k_phi", "k_a", "k_h"),
+                "k_vm = k_vm + k_phi * ((k_vcmid + k_voff - k_vm) * k_tinv - k_imid"
+                " - k_geff * (k_vm - k_vmid))",
+                *self._w.exp_statement("k_edec", "-k_h * k_tinv"),
+                "k_vest = k_vcmid + (k_vest - k_vcmid) * k_edec",
+            ],
+            rows,
+            states + ["k_vm", "k_vest"],
+        )
+        copy_out = [
+            "for k_c in range(LANES):",
+            f"    out[k_c0 + k_c, k_out] = k_w[{rows['k_rec']}, k_c]",
+            f"    out_v[k_c0 + k_c, k_out] = k_w[{rows['k_vrec']}, k_c]",
+        ]
+        body = [
+            f"k_w = np.empty(({len(rows)}, LANES))",
+            "k_c0 = k_blk * LANES",
+            *init,
+            "k_out = 0",
+            "k_base = 0",
+            "k_h = dt",
+            "k_nseg = seg_kind.shape[0]",
+            "for k_seg in range(k_nseg + 1):",
+            "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
+            "        k_kind, k_n, k_v0 = 0, 1, v_end",
+            "    else:",
+            "        k_kind, k_n, k_v0 = seg_kind[k_seg], seg_nsteps[k_seg], seg_v0[k_seg]",
+            "    for k_i in range(k_n):",
+            "        k_tstart = k_base * dt",
+            "        k_tmid = k_tstart + 0.5 * dt",
+            "        k_vcmid = k_v0 if k_kind == 0 else _command(k_kind, k_v0, seg_v1[k_seg], "
+            "seg_amp[k_seg], seg_freq[k_seg], seg_phase[k_seg], (k_i + 0.5) * dt, k_n * dt)",
+            *_indent(start, 2),
+            "        if k_base % stride == 0:",
+            *_indent(copy_out, 3),
+            "            k_out += 1",
+            "            if k_out == out.shape[1]:",
+            "                break",
+            *_indent(finish, 2),
+            "        k_base += 1",
+            "for k_c in range(LANES):",
+            f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
+        ]
+        args = (
+            "params, y0, nuisance, seg_kind, seg_nsteps, seg_v0, seg_v1, seg_amp, "
+            "seg_freq, seg_phase, dt, stride, v_start, v_end, out, out_v, ok"
+        )
+        return (
+            "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
+            f"def _simulate_artefact_block(k_blk, {args}):\n"
+            + "\n".join(_indent(body, 1))
+            + "\n\n\n"
+            "@nb.njit(parallel=True, cache=True)\n"
+            f"def simulate_artefact({args}):\n"
+            "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
+            f"        _simulate_artefact_block(nb.int64(k_blk), {args})\n"
+        )
+
     def ap_kernel(self) -> str:
         """Current clamp with adaptive steps; output is V at every sample time."""
         v = identifier(self.a.v)
@@ -502,6 +677,8 @@ class KernelSource:
             + _PRELUDE.format(flags=FASTMATH_FLAGS)
             + self.vc_kernel()
             + "\n\n"
+            + self.artefact_kernel()
+            + "\n\n"
             + self.ap_kernel()
         )
 
@@ -524,6 +701,9 @@ def _batched(name: str, args: str, body: list[str]) -> str:
         f"        _{name}_cell(nb.int64(k_cell), {args})\n"
     )
 
+
+#: Voltage increment (mV) of the one-sided difference for dI/dV in the series-resistance kernel.
+_SLOPE_DV = 1e-3
 
 _IDENTIFIER = re.compile(r"\b[mk]_\w+\b")
 

@@ -236,6 +236,90 @@ class CellModel:
         )
         return _flag_failures(out[:n_cells], ok[:n_cells])
 
+    def simulate_vc_artefacts(
+        self,
+        protocol: Protocol | str | os.PathLike,
+        params: ParamsLike,
+        clamp: np.ndarray,
+        sample_interval_ms: float = 0.1,
+        *,
+        dt_ms: float = 0.05,
+        initial_state: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Simulate voltage clamp through series resistance, with leak and voltage offset.
+
+        The equations are in :meth:`sbi_twins.codegen.KernelSource.artefact_kernel`; most users
+        want :func:`sbi_twins.observe.simulate_recordings`, which derives ``clamp`` from
+        physical recording parameters and adds noise and filtering.
+
+        Parameters
+        ----------
+        protocol : Protocol or str or path
+            The clamp protocol.
+        params : None, DataFrame or mapping
+            Parameter values per cell (see :meth:`parameter_matrix`).
+        clamp : array, shape (N, 4) or (4,)
+            Per cell: residual time constant ``tau`` (ms, > 0; ``(1 - alpha) Rs Cm``), voltage
+            offset (mV), leak conductance (nS/pF) and leak reversal potential (mV).
+        sample_interval_ms : float
+            Output sampling interval.
+        dt_ms : float
+            Step (the largest grid interval holding every edge and sample not above it).
+        initial_state : array, optional
+            Initial state, shape (S,) or (N, S); V starts at the holding command plus offset.
+
+        Returns
+        -------
+        (numpy.ndarray, numpy.ndarray)
+            Recorded current (pA/pF) and membrane potential (mV), both (N, T).
+        """
+        if not isinstance(protocol, Protocol):
+            protocol = load_protocol(protocol)
+        times = protocol.times(sample_interval_ms)
+        _check_positive("dt_ms", dt_ms)
+        h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
+        theta = self.parameter_matrix(params)
+        n_cells = theta.shape[0]
+        clamp = np.asarray(clamp, dtype=float)
+        if clamp.ndim == 1:
+            clamp = np.tile(clamp, (n_cells, 1))
+        if clamp.shape != (n_cells, 4):
+            raise ValueError(
+                f"clamp must have shape (4,) or ({n_cells}, 4) (tau_ms, v_offset_mV, g_leak, "
+                f"e_leak_mV), got {clamp.shape}"
+            )
+        if not (np.isfinite(clamp).all() and (clamp[:, 0] > 0).all()):
+            raise ValueError("clamp values must be finite, with tau_ms > 0")
+        y0 = self._initial_states(initial_state, n_cells)
+        segs = protocol.segments
+        n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES
+        out = np.empty((n_padded, times.size))
+        out_v = np.empty((n_padded, times.size))
+        ok = np.empty(n_padded, dtype=np.bool_)
+        self.kernels.simulate_artefact(
+            theta,
+            y0,
+            np.ascontiguousarray(clamp),
+            np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
+            nsteps,
+            np.array([s.v_start_mV for s in segs], float),
+            np.array([s.v_end_mV for s in segs], float),
+            np.array([s.amplitude_mV for s in segs], float),
+            np.array([s.frequency_hz for s in segs], float),
+            np.array([s.phase_rad for s in segs], float),
+            h,
+            stride,
+            float(protocol.voltage(np.array([0.0]))[0]),
+            float(protocol.voltage(np.array([times[-1]]))[0]),
+            out,
+            out_v,
+            ok,
+        )
+        current = _flag_failures(out[:n_cells], ok[:n_cells])
+        voltage = out_v[:n_cells]
+        voltage[~ok[:n_cells]] = np.nan
+        return current, voltage
+
     def simulate_ap(
         self,
         params: ParamsLike = None,

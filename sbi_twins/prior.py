@@ -19,6 +19,12 @@ per parameter): ``z = logit`` of the position within the bounds for (log-)unifor
 standard normal, and every ``z`` maps back inside the bounds, so a normalising flow trained on ``z``
 can never propose parameters outside them.
 
+Recording (nuisance) parameters of the amplifier model (:mod:`sbi_twins.observe`) go in
+``[[recording]]`` entries with the same fields. Their names are ``recording.<name>`` (listed in
+:data:`sbi_twins.observe.IDEAL`), and their distributions are on the value itself (in the unit in
+the name), not on a multiplier: ``uniform`` may then include negative values. Recording parameters
+not listed keep their ideal-clamp values.
+
 Example file::
 
     model = "kernik2019"
@@ -29,6 +35,12 @@ Example file::
     distribution = "uniform"
     low = 0.6
     high = 1.4
+
+    [[recording]]
+    name = "rs_MOhm"
+    distribution = "uniform"
+    low = 5
+    high = 40
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from . import _resources
+from .observe import IDEAL, PREFIX, RANGES
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "log_normal", "fixed")
 _FIELDS = {
@@ -107,6 +120,36 @@ class Prior:
     def __repr__(self) -> str:
         return f"Prior({self.model!r}, {len(self.names)} varying, {len(self.fixed)} fixed)"
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Varying model parameters (the cell's biology)."""
+        return tuple(n for n in self.names if not n.startswith(PREFIX))
+
+    @property
+    def recording_names(self) -> tuple[str, ...]:
+        """Varying recording (nuisance) parameters, ``recording.<name>``."""
+        return tuple(n for n in self.names if n.startswith(PREFIX))
+
+    def without_recording(self) -> Prior:
+        """This prior with every recording parameter removed: an ideal clamp."""
+        kept = [p for p in self.parameters if not p.name.startswith(PREFIX)]
+        return Prior(self.model, kept, self.description + " (ideal clamp)", self.source)
+
+    def sample(self, n: int, seed: int | np.random.Generator | None = None) -> pd.DataFrame:
+        """Draw ``n`` parameter sets; columns are :attr:`names`, values in model units."""
+        if not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        rng = np.random.default_rng(seed)
+        u = rng.random((n, len(self.names)))
+        z = np.where(self._log_normal, rng.standard_normal(u.shape), np.log(u) - np.log1p(-u))
+        return pd.DataFrame(self.from_unbounded(z), columns=list(self.names))
+
+    def with_fixed(self, theta: pd.DataFrame) -> pd.DataFrame:
+        """``theta`` plus a constant column for every fixed parameter: what a simulation needs
+        (fixed model parameters may differ from the model file, fixed recording parameters
+        from the ideal clamp)."""
+        return theta.assign(**{name: value for name, value in self.fixed.items()})
+
     # -- multipliers <-> z ---------------------------------------------------------------------
     def _position(self, m: np.ndarray) -> np.ndarray:
         """Position of the multipliers within their bounds (0..1) or log(m)/sigma (log-normal)."""
@@ -132,7 +175,12 @@ class Prior:
         """Map ``z`` (N, D) back to parameter values; (log-)uniform ones always within bounds."""
         z = np.asarray(z, dtype=float)
         u = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic sigmoid, without overflow warnings
-        m = np.where(
+        with np.errstate(divide="ignore", invalid="ignore"):  # np.where evaluates all branches
+            m = self._from_position(u, z)
+        return m * self.baselines
+
+    def _from_position(self, u: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return np.where(
             self._uniform,
             self._low + u * (self._high - self._low),
             np.where(
@@ -141,18 +189,8 @@ class Prior:
                 np.exp(z * self._sigma),
             ),
         )
-        return m * self.baselines
 
     # -- distribution ----------------------------------------------------------------------------
-    def sample(self, n: int, seed: int | np.random.Generator | None = None) -> pd.DataFrame:
-        """Draw ``n`` parameter sets; columns are :attr:`names`, values in model units."""
-        if not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        rng = np.random.default_rng(seed)
-        u = rng.random((n, len(self.names)))
-        z = np.where(self._log_normal, rng.standard_normal(u.shape), np.log(u) - np.log1p(-u))
-        return pd.DataFrame(self.from_unbounded(z), columns=list(self.names))
-
     def log_prob(self, theta: np.ndarray | pd.DataFrame) -> np.ndarray:
         """Log density of parameter sets (N, D) in model units; -inf outside the bounds."""
         theta = self._as_array(theta)
@@ -177,7 +215,8 @@ class Prior:
             lo = np.minimum(self.baselines * self._low, self.baselines * self._high)
             hi = np.maximum(self.baselines * self._low, self.baselines * self._high)
             inside = self._log_normal | ((theta >= lo) & (theta <= hi))
-            density = np.where(inside & (m > 0), density, -np.inf)
+            # uniform recording values may be negative; every other density needs m > 0
+            density = np.where(inside & ((m > 0) | self._uniform), density, -np.inf)
         return (density - np.log(np.abs(self.baselines))).sum(axis=1)
 
     def unbounded_distribution(self):
@@ -245,17 +284,30 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
         raise ValueError(f"{path}: no [[parameter]] entries")
     model = load_model(data["model"])
     defaults = dict(zip(model.parameter_names, model.default_parameters, strict=True))
+    recording_defaults = {PREFIX + name: value for name, value in IDEAL.items()}
     parameters, seen = [], set()
-    for k, entry in enumerate(entries, start=1):
-        parameters.append(_parse_entry(entry, k, path, defaults))
+    sections = [("parameter", e, defaults) for e in entries]
+    sections += [("recording", e, recording_defaults) for e in data.get("recording", [])]
+    unknown_sections = sorted(set(data) - {"model", "description", "parameter", "recording"})
+    if unknown_sections:
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown_sections}; a prior file has 'model', "
+            "'description', [[parameter]] and [[recording]] entries"
+        )
+    for k, (section, entry, known) in enumerate(sections, start=1):
+        if section == "recording" and isinstance(entry.get("name"), str):
+            entry = {**entry, "name": PREFIX + entry["name"].removeprefix(PREFIX)}
+        parameters.append(_parse_entry(entry, k, path, known, section))
         if parameters[-1].name in seen:
             raise ValueError(f"{path}: parameter '{parameters[-1].name}' is listed twice")
         seen.add(parameters[-1].name)
     return Prior(str(data["model"]), parameters, str(data.get("description", "")), str(path))
 
 
-def _parse_entry(entry: dict, k: int, path: Path, defaults: dict[str, float]) -> ParameterPrior:
-    where = f"{path}: [[parameter]] {k}"
+def _parse_entry(
+    entry: dict, k: int, path: Path, defaults: dict[str, float], section: str
+) -> ParameterPrior:
+    where = f"{path}: [[{section}]] {k}"
     name = entry.get("name")
     if not isinstance(name, str):
         raise ValueError(f"{where}: missing 'name'")
@@ -263,7 +315,8 @@ def _parse_entry(entry: dict, k: int, path: Path, defaults: dict[str, float]) ->
     if name not in defaults:
         close = difflib.get_close_matches(name, list(defaults), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{where}: the model has no parameter '{name}'{hint}")
+        owner = "the recording model" if section == "recording" else "the model"
+        raise ValueError(f"{where}: {owner} has no parameter '{name}'{hint}")
     distribution = entry.get("distribution")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(
@@ -284,6 +337,8 @@ def _parse_entry(entry: dict, k: int, path: Path, defaults: dict[str, float]) ->
         if not numeric or not math.isfinite(value):
             raise ValueError(f"{where}: '{field}' must be a finite number, got {value!r}")
         values[field] = float(value)
+    if section == "recording":
+        return _recording_entry(name, distribution, values, where)
     baseline = values.pop("baseline", float(defaults[name]))
     if distribution != "fixed" and baseline == 0:
         raise ValueError(f"{where}: baseline is 0, so a multiplier cannot vary it; give 'baseline'")
@@ -299,3 +354,28 @@ def _parse_entry(entry: dict, k: int, path: Path, defaults: dict[str, float]) ->
     if distribution == "fixed":
         values["value"] = values.get("value", baseline)
     return ParameterPrior(name, distribution, baseline, **values)
+
+
+def _recording_entry(name: str, distribution: str, values: dict, where: str) -> ParameterPrior:
+    """A recording parameter: the distribution is on the value (baseline 1), within its range."""
+    if "baseline" in values:
+        raise ValueError(f"{where}: recording parameters take no 'baseline'")
+    if "low" in values and not values["low"] < values["high"]:
+        low, high = values["low"], values["high"]
+        raise ValueError(f"{where}: bounds inverted or empty (low {low} >= high {high})")
+    if distribution == "log_uniform" and values["low"] <= 0:
+        raise ValueError(f"{where}: log_uniform needs 0 < low, got {values['low']}")
+    if distribution == "log_normal" and values["sigma"] <= 0:
+        raise ValueError(f"{where}: sigma must be > 0, got {values['sigma']}")
+    lowest, highest, closed = RANGES[name.removeprefix(PREFIX)]
+    ends = [values[f] for f in ("low", "high", "value") if f in values]
+    for end in ends:
+        inside = lowest <= end <= highest if closed else lowest < end < highest
+        if not inside:
+            raise ValueError(
+                f"{where}: {end} is outside the valid range of '{name}' "
+                f"({lowest} to {highest}{', inclusive' if closed else ''})"
+            )
+    if distribution == "fixed" and "value" not in values:
+        values["value"] = IDEAL[name.removeprefix(PREFIX)]
+    return ParameterPrior(name, distribution, 1.0, **values)

@@ -14,7 +14,8 @@ from sbi_twins import load_model, load_prior
 
 @pytest.fixture(scope="module")
 def pm40():
-    return load_prior("kernik2019_pm40")
+    """The cell part of the bundled prior (its recording section is tested separately)."""
+    return load_prior("kernik2019_pm40").without_recording()
 
 
 def _write(tmp_path, body, name="p.toml"):
@@ -166,3 +167,43 @@ def test_bad_files(tmp_path):
     entry = '[[parameter]]\nname = "ina.g_Na"\ndistribution = "fixed"\n'
     with pytest.raises(ValueError, match="listed twice"):
         load_prior(_write(tmp_path, f'model = "hh1952"\n{entry}{entry}'))
+
+
+def test_bundled_recording_section_values_ranges_and_density():
+    full = load_prior("kernik2019_pm40")
+    assert full.model_names == load_prior("kernik2019_pm40").without_recording().names
+    assert "recording.rs_MOhm" in full.recording_names
+    assert full.fixed == {"recording.lowpass_kHz": 2.0}
+    theta = full.sample(4000, seed=5)
+    offsets = theta["recording.v_offset_mV"]
+    assert offsets.min() < -4 and offsets.max() > 4  # values, not multipliers: signs both ways
+    assert theta["recording.rs_compensation"].between(0, 0.95).all()
+    assert np.isfinite(full.log_prob(theta)).all()
+    z = full.to_unbounded(theta)
+    np.testing.assert_allclose(full.from_unbounded(z), theta.to_numpy(), rtol=1e-10, atol=1e-12)
+    completed = full.with_fixed(theta)
+    assert (completed["recording.lowpass_kHz"] == 2.0).all()
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ('name = "rs_Ohm"\ndistribution = "fixed"', "recording model has no parameter"),
+        ('name = "rs_compensation"\ndistribution = "uniform"\nlow = 0.2\nhigh = 1.5',
+         "outside the valid range"),
+        ('name = "cm_pF"\ndistribution = "uniform"\nlow = 50\nhigh = 20', "bounds inverted"),
+        ('name = "cm_pF"\ndistribution = "fixed"\nbaseline = 3', "no 'baseline'"),
+    ],
+)
+def test_bad_recording_entries(tmp_path, entry, message):
+    body = 'model = "hh1952"\n[[parameter]]\nname = "ina.g_Na"\ndistribution = "uniform"\n'
+    body += "low = 0.5\nhigh = 2.0\n[[recording]]\n" + entry + "\n"
+    with pytest.raises(ValueError, match=message):
+        load_prior(_write(tmp_path, body))
+
+
+def test_unknown_top_level_key(tmp_path):
+    body = 'model = "hh1952"\n[[parameter]]\nname = "ina.g_Na"\ndistribution = "fixed"\n'
+    body += '[[recordings]]\nname = "cm_pF"\ndistribution = "fixed"\n'
+    with pytest.raises(ValueError, match="unknown key.*recordings"):
+        load_prior(_write(tmp_path, body))
