@@ -201,6 +201,7 @@ def bench_numerics(model, theta: pd.DataFrame, coarse: pd.DataFrame, log) -> dic
     return {
         "strict_rules": strict.to_dict(),
         "strict_wall_s": strict_s,
+        "strict_ms_per_draw_2threads": 1e3 * strict_s / len(theta),
         "n_same_reason": int(same.sum()),
         "n_same_viable": int((coarse["viable"].to_numpy() == ref["viable"].to_numpy()).sum()),
         "strict_acceptance_rate": float(ref["viable"].mean()),
@@ -321,7 +322,9 @@ def markdown(res: dict) -> str:
         ),
         "",
         f"- same reason {num['n_same_reason']}/{n}, same viable/not {num['n_same_viable']}/{n}; "
-        f"strict acceptance {100 * num['strict_acceptance_rate']:.1f} %"
+        f"strict acceptance {100 * num['strict_acceptance_rate']:.1f} %; strict cost "
+        f"{num['strict_ms_per_draw_2threads']:.1f} ms/draw wall (2 threads, whole window) vs "
+        f"{w['ms_per_draw_2threads']:.2f} with the default numerics"
         + (f"; differing: {num['differing']}" if num["differing"] else ""),
         f"- cells ok in both ({num['n_ok_in_both']}): |Δ| median / p95 / max: "
         + "; ".join(

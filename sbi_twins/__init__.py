@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .model import CellModel, SimulationWarning, load_model
 from .prior import Prior, load_prior
 from .protocol import Protocol, Segment, load_protocol
+from .simulate import Dataset, DatasetSpec, open_dataset, simulate_dataset
 
 try:
     __version__ = version("sbi-twins")
@@ -13,6 +14,8 @@ except PackageNotFoundError:  # running from a source checkout without installat
 
 __all__ = [
     "CellModel",
+    "Dataset",
+    "DatasetSpec",
     "Prior",
     "Protocol",
     "Segment",
@@ -21,4 +24,6 @@ __all__ = [
     "load_model",
     "load_prior",
     "load_protocol",
+    "open_dataset",
+    "simulate_dataset",
 ]

@@ -27,8 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol)
     print(f"model    {model}")
     print(
-        f"protocol {protocol.name}: {len(protocol.segments)} segments, "
-        f"{protocol.duration_ms:g} ms"
+        f"protocol {protocol.name}: {len(protocol.segments)} segments, {protocol.duration_ms:g} ms"
     )
 
     start = time.perf_counter()
@@ -50,8 +49,12 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        out / "baseline_cell.npz", t_ms=times, v_cmd_mV=protocol.voltage(times), i_ion=current,
-        ap_t_ms=np.arange(voltage.size) * 0.5, ap_V_mV=voltage,
+        out / "baseline_cell.npz",
+        t_ms=times,
+        v_cmd_mV=protocol.voltage(times),
+        i_ion=current,
+        ap_t_ms=np.arange(voltage.size) * 0.5,
+        ap_V_mV=voltage,
     )
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), constrained_layout=True)
     axes[0].plot(times / 1000, protocol.voltage(times), lw=0.8)
@@ -63,6 +66,41 @@ def _demo(args: argparse.Namespace) -> int:
     axes[2].set(ylabel="V (mV)", xlabel="time (s)", title="spontaneous activity")
     fig.savefig(out / "baseline_cell.png", dpi=120)
     print(f"wrote {out / 'baseline_cell.png'} and {out / 'baseline_cell.npz'}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """Generate (or resume) a synthetic training set."""
+    from .simulate import DatasetSpec, simulate_dataset
+    from .viability import ViabilityRules
+
+    spec = DatasetSpec(
+        model=args.model,
+        prior=args.prior,
+        protocol=args.protocol,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        sample_interval_ms=args.sample_interval,
+        viability=None if args.no_viability else ViabilityRules(),
+        ideal_clamp=args.ideal_clamp,
+    )
+    start = time.perf_counter()
+    dataset = simulate_dataset(
+        args.out,
+        args.n,
+        spec,
+        workers=args.workers,
+        dask_address=args.dask,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    candidates = dataset.candidates
+    print(
+        f"{dataset}: observations {dataset.observations.shape}, "
+        f"{len(candidates)} draws, acceptance {dataset.acceptance_rate:.1%}, this run {seconds:.0f} s"
+    )
+    counts = candidates["status"].value_counts()
+    print("  draws by outcome: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -90,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out", help="output folder (default ./out)")
     demo.set_defaults(run=_demo)
 
+    sim = commands.add_parser(
+        "simulate",
+        help="generate a synthetic training set (resumable: rerun the same command to continue)",
+    )
+    sim.add_argument("-n", type=int, required=True, help="number of accepted cells")
+    sim.add_argument("--out", required=True, help="dataset directory")
+    sim.add_argument("--model", default="kernik2019", help="bundled name or .mmt path")
+    sim.add_argument("--prior", default="kernik2019_pm40", help="bundled name or .toml path")
+    sim.add_argument("--protocol", default="clark2022", help="bundled name or .toml path")
+    sim.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    sim.add_argument(
+        "--workers", type=int, default=None, help="local processes (default: all cores)"
+    )
+    sim.add_argument("--dask", default=None, metavar="ADDRESS", help="Dask scheduler address")
+    sim.add_argument("--no-viability", action="store_true", help="keep every cell, beating or not")
+    sim.add_argument(
+        "--ideal-clamp",
+        action="store_true",
+        help="ignore the prior's [[recording]] section: no artefacts, no noise",
+    )
+    sim.add_argument("--chunk-size", type=int, default=256, help="draws per shard (default 256)")
+    sim.add_argument("--sample-interval", type=float, default=0.1, help="ms (default 0.1)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(run=_simulate)
+
     listing = commands.add_parser("list", help="list the bundled models and protocols")
     listing.set_defaults(run=_list)
     return parser
@@ -100,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"sbi-twins {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -31,7 +31,9 @@ def _frame(**recording) -> pd.DataFrame:
     return pd.DataFrame({f"recording.{k}": [v] for k, v in recording.items()})
 
 
-@pytest.mark.parametrize("rs, cm, alpha", [(10.0, 50.0, 0.0), (20.0, 30.0, 0.8), (30.0, 100.0, 0.5)])
+@pytest.mark.parametrize(
+    "rs, cm, alpha", [(10.0, 50.0, 0.0), (20.0, 30.0, 0.8), (30.0, 100.0, 0.5)]
+)
 def test_membrane_voltage_lags_with_the_rs_cm_time_constant(passive, step_protocol, rs, cm, alpha):
     """Hand-solved: dV/dt = (V_cmd - V)/tau - g (V - E), tau = (1 - alpha) Rs Cm, so after the
     step to 0 mV, V relaxes exponentially with rate 1/tau + g to (V_cmd/tau + g E)/(1/tau + g);
