@@ -113,7 +113,8 @@ def main() -> None:
             f"{r['hours_1100k']:.2f} | {'yes' if r['meets_target'] else 'NO'} |"
         )
     print(
-        f"\npeak RSS: main {peak['main_MB']:.0f} MB, largest worker {peak['largest_worker_MB']:.0f} MB"
+        f"\npeak RSS: main {peak['main_MB']:.0f} MB, "
+        f"largest worker {peak['largest_worker_MB']:.0f} MB"
     )
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False

@@ -97,7 +97,8 @@ def _simulate(args: argparse.Namespace) -> int:
     candidates = dataset.candidates
     print(
         f"{dataset}: observations {dataset.observations.shape}, "
-        f"{len(candidates)} draws, acceptance {dataset.acceptance_rate:.1%}, this run {seconds:.0f} s"
+        f"{len(candidates)} draws, acceptance {dataset.acceptance_rate:.1%}, "
+        f"this run {seconds:.0f} s"
     )
     counts = candidates["status"].value_counts()
     print("  draws by outcome: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -237,7 +237,7 @@ def test_spontaneous_upstrokes_match_cvode(kernik, random_params, cvode_ap, cell
         assert np.abs(v - cvode_ap[cell]).max() <= AP_BANDS["MDP"]
 
 
-# -- 2b. The series-resistance clamp (sbi_twins.observe) against CVODE ------------------------------
+# -- 2b. The series-resistance clamp (sbi_twins.observe) against CVODE --------------------------
 #
 # The same random cells and step + ramp protocol, clamped through a residual series resistance
 # (time constant tau), with offset and leak. CVODE integrates the artefact ODEs of
