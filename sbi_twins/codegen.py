@@ -40,7 +40,7 @@ from . import vmath
 from .model_analysis import Kind, ModelAnalysis, identifier
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
-CODEGEN_VERSION = "9"
+CODEGEN_VERSION = "10"
 
 #: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
 #: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
@@ -450,6 +450,10 @@ class KernelSource:
         currents, so the recorded current lags the ideal one by half a step (25 us at the
         default step, well below the group delay of the amplifier's own low-pass filter).
 
+        Steps are one grid interval ``dt`` on ramps and sines and for the first ``n_dense``
+        intervals of every constant segment (where the sodium current and the clamp transient
+        live); after that a step spans a whole sample interval (``stride`` grid intervals).
+
         Cells advance in lanes as in :meth:`vc_kernel`; every step evaluates the voltage terms
         (V differs per cell). Output: the recorded current and V at every sample.
         """
@@ -565,16 +569,20 @@ class KernelSource:
             *init,
             "k_out = 0",
             "k_base = 0",
-            "k_h = dt",
             "k_nseg = seg_kind.shape[0]",
             "for k_seg in range(k_nseg + 1):",
             "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
             "        k_kind, k_n, k_v0 = 0, 1, v_end",
             "    else:",
             "        k_kind, k_n, k_v0 = seg_kind[k_seg], seg_nsteps[k_seg], seg_v0[k_seg]",
-            "    for k_i in range(k_n):",
+            "    k_i = 0",
+            "    while k_i < k_n:",
+            "        # a whole sample interval per step on the settled part of constant segments",
+            "        k_coarse = k_kind == 0 and k_i >= n_dense and k_base % stride == 0",
+            "        k_m = stride if k_coarse and k_n - k_i >= stride else 1",
+            "        k_h = k_m * dt",
             "        k_tstart = k_base * dt",
-            "        k_tmid = k_tstart + 0.5 * dt",
+            "        k_tmid = k_tstart + 0.5 * k_h",
             "        k_vcmid = k_v0 if k_kind == 0 else _command(k_kind, k_v0, seg_v1[k_seg], "
             "seg_amp[k_seg], seg_freq[k_seg], seg_phase[k_seg], (k_i + 0.5) * dt, k_n * dt)",
             *_indent(start, 2),
@@ -584,13 +592,14 @@ class KernelSource:
             "            if k_out == out.shape[1]:",
             "                break",
             *_indent(finish, 2),
-            "        k_base += 1",
+            "        k_base += k_m",
+            "        k_i += k_m",
             "for k_c in range(LANES):",
             f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
         ]
         args = (
             "params, y0, nuisance, seg_kind, seg_nsteps, seg_v0, seg_v1, seg_amp, "
-            "seg_freq, seg_phase, dt, stride, v_start, v_end, out, out_v, ok"
+            "seg_freq, seg_phase, dt, stride, n_dense, v_start, v_end, out, out_v, ok"
         )
         return (
             "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"

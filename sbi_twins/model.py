@@ -244,6 +244,7 @@ class CellModel:
         sample_interval_ms: float = 0.1,
         *,
         dt_ms: float = 0.05,
+        dense_ms: float = 5.0,
         initial_state: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Simulate voltage clamp through series resistance, with leak and voltage offset.
@@ -264,9 +265,14 @@ class CellModel:
         sample_interval_ms : float
             Output sampling interval.
         dt_ms : float
-            Step (the largest grid interval holding every edge and sample not above it).
+            Fine step (the largest grid interval holding every edge and sample not above it),
+            used on ramps and sines and for the first ``dense_ms`` of every step segment; the
+            rest of a step segment advances one sample interval per step.
+        dense_ms : float
+            Span of fine steps after each segment start.
         initial_state : array, optional
-            Initial state, shape (S,) or (N, S); V starts at the holding command plus offset.
+            Initial state, shape (S,) or (N, S); V starts at the quasi-steady voltage of the
+            holding command plus offset.
 
         Returns
         -------
@@ -277,6 +283,8 @@ class CellModel:
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
         _check_positive("dt_ms", dt_ms)
+        if not (math.isfinite(dense_ms) and dense_ms >= 0):
+            raise ValueError(f"dense_ms must be a finite number >= 0, got {dense_ms!r}")
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
         theta = self.parameter_matrix(params)
         n_cells = theta.shape[0]
@@ -309,6 +317,7 @@ class CellModel:
             np.array([s.phase_rad for s in segs], float),
             h,
             stride,
+            math.ceil(dense_ms / h - 1e-9),
             float(protocol.voltage(np.array([0.0]))[0]),
             float(protocol.voltage(np.array([times[-1]]))[0]),
             out,

@@ -28,6 +28,7 @@ separate technical from biological variation. Parameters a prior does not list t
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -187,7 +188,11 @@ def add_noise_and_filter(
     seeds: np.ndarray | None,
     sample_interval_ms: float,
 ) -> np.ndarray:
-    """Add band-limited noise and apply the amplifier's low-pass filter, cell by cell."""
+    """Add band-limited noise and apply the amplifier's low-pass filter to each cell's record.
+
+    Each cell's noise comes from its own seed, so a cell's record does not depend on the batch
+    it was simulated in.
+    """
     noise = table["noise_pA_per_pF"].to_numpy()
     cutoff = table["lowpass_kHz"].to_numpy()
     nyquist_khz = 0.5 / sample_interval_ms
@@ -199,29 +204,32 @@ def add_noise_and_filter(
     if noise.any() and seeds is None:
         raise ValueError("seeds are required when the recording model adds noise")
     out = np.array(current, dtype=float)
-    for k in range(out.shape[0]):
-        if not np.isfinite(out[k]).all():
-            continue
-        sos = _bessel(cutoff[k], sample_interval_ms) if math.isfinite(cutoff[k]) else None
-        if noise[k] > 0:
-            white = np.random.default_rng(int(seeds[k])).standard_normal(out.shape[1])
-            out[k] += white * (noise[k] / _rms_gain(sos))
-        if sos is not None:
-            # start the filter in its steady state for the first sample (no switch-on transient)
-            zi = signal.sosfilt_zi(sos) * out[k, 0]
-            out[k] = signal.sosfilt(sos, out[k], zi=zi)[0]
+    finite = np.isfinite(out).all(axis=1)
+    for k in np.flatnonzero(finite & (noise > 0)):
+        gain = _rms_gain(float(cutoff[k]), sample_interval_ms)
+        white = np.random.default_rng(int(seeds[k])).standard_normal(out.shape[1])
+        out[k] += white * (noise[k] / gain)
+    for k in np.flatnonzero(finite & np.isfinite(cutoff)):
+        sos, zi = _bessel(float(cutoff[k]), sample_interval_ms)
+        # start the filter in its steady state for the first sample (no switch-on transient)
+        out[k] = signal.sosfilt(sos, out[k], zi=zi * out[k, 0])[0]
     return out
 
 
-def _bessel(cutoff_khz: float, sample_interval_ms: float) -> np.ndarray:
-    """4-pole Bessel low-pass, -3 dB at ``cutoff_khz``, digitised at the sampling rate."""
-    return signal.bessel(4, cutoff_khz, fs=1.0 / sample_interval_ms, norm="mag", output="sos")
+@functools.lru_cache(maxsize=64)
+def _bessel(cutoff_khz: float, sample_interval_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """4-pole Bessel low-pass, -3 dB at ``cutoff_khz``, digitised at the sampling rate, and its
+    steady-state initial conditions for a unit input."""
+    sos = signal.bessel(4, cutoff_khz, fs=1.0 / sample_interval_ms, norm="mag", output="sos")
+    return sos, signal.sosfilt_zi(sos)
 
 
-def _rms_gain(sos: np.ndarray | None) -> float:
+@functools.lru_cache(maxsize=64)
+def _rms_gain(cutoff_khz: float, sample_interval_ms: float) -> float:
     """RMS of the filter's output for unit white noise: the root energy of its impulse response."""
-    if sos is None:
+    if not math.isfinite(cutoff_khz):
         return 1.0
+    sos, _ = _bessel(cutoff_khz, sample_interval_ms)
     impulse = np.zeros(4096)
     impulse[0] = 1.0
     return float(np.sqrt(np.sum(signal.sosfilt(sos, impulse) ** 2)))
