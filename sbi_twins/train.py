@@ -1,0 +1,395 @@
+"""Training from a dataset on disk, streamed: never more than a batch of observations in memory.
+
+sbi's ``append_simulations`` path copies the data and peaks near five times its size, so a
+1.1M-cell set would not fit in 24 GB. Instead the density estimator that sbi builds
+(``posterior_nn``: a normalising flow with our embedding net) is trained by a small loop of ours
+on its own ``loss`` (the round-0 NPE loss sbi uses), over blocks of rows read from the memory-mapped
+shards. Rows of a dataset are independent prior draws, so contiguous blocks in shuffled order are
+as good as shuffled rows and read sequentially from disk.
+
+The flow models ``z = prior.to_unbounded(theta)``: every sample maps back inside the prior's
+bounds, so no posterior mass leaks out and no rejection sampling is needed.
+
+Training is resumable: a checkpoint (weights, optimiser, epoch, best state, early-stopping
+counter) is written atomically after every epoch; rerunning the same command continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .embedding import TraceEmbedding
+from .prior import Prior
+from .simulate import Dataset, open_dataset
+
+#: Version of the estimator file layout; a file of another format is refused.
+BUNDLE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Network sizes and optimisation settings (defaults sized for CPU training).
+
+    ``max_cells`` trains on the first ``max_cells`` cells of the dataset only (learning curves).
+    """
+
+    flow: str = "nsf"
+    hidden_features: int = 128
+    num_transforms: int = 5
+    num_bins: int = 10
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernel_size: int = 7
+    pooled: int = 24
+    embedding_hidden: int = 256
+    embedding_dim: int = 64
+    batch_size: int = 256
+    learning_rate: float = 5e-4
+    validation_fraction: float = 0.1
+    stop_after_epochs: int = 20
+    max_epochs: int = 200
+    clip_max_norm: float = 5.0
+    seed: int = 0
+    max_cells: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("flow", "channels", "max_cells"):
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TrainingConfig.{f.name} must be a number >= 0, got {value!r}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be between 0 and 1")
+        if self.max_cells is not None and self.max_cells < 2:
+            raise ValueError("max_cells must be at least 2 (training and validation)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; valid: {sorted(known)}")
+        data = dict(data)
+        if "channels" in data:
+            data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+
+def build_density_estimator(
+    config: TrainingConfig, theta_stub: torch.Tensor, x_stub: torch.Tensor
+) -> nn.Module:
+    """sbi's conditional flow over ``z`` with our embedding net, built from example batches
+    (which set the flow's standardisation of ``z`` and the shapes)."""
+    from sbi.neural_nets import posterior_nn
+
+    embedding = TraceEmbedding(
+        x_stub.shape[1],
+        channels=config.channels,
+        kernel_size=config.kernel_size,
+        pooled=config.pooled,
+        hidden=config.embedding_hidden,
+        output_dim=config.embedding_dim,
+    )
+    builder = posterior_nn(
+        model=config.flow,
+        hidden_features=config.hidden_features,
+        num_transforms=config.num_transforms,
+        num_bins=config.num_bins,
+        embedding_net=embedding,
+        z_score_theta="independent",
+        z_score_x="none",  # the embedding's asinh transform is the standardisation of x
+    )
+    return builder(theta_stub, x_stub)
+
+
+class StreamingData:
+    """Training and validation rows of a dataset, served in blocks.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The dataset (observations memory-mapped).
+    prior : Prior
+        Its prior; parameters are served as ``prior.to_unbounded(theta)``.
+    config : TrainingConfig
+        Batch size, validation fraction, ``max_cells``.
+    """
+
+    def __init__(self, dataset: Dataset, prior: Prior, config: TrainingConfig):
+        n = len(dataset) if config.max_cells is None else min(len(dataset), config.max_cells)
+        if n < 2:
+            raise ValueError(f"dataset {dataset.directory} has {n} cells; at least 2 are needed")
+        self.observations = dataset.observations
+        theta = dataset.parameters[list(prior.names)].to_numpy()[:n]
+        self.z = torch.as_tensor(prior.to_unbounded(theta), dtype=torch.float32)
+        self.n_validation = max(1, round(config.validation_fraction * n))
+        self.n_train = n - self.n_validation
+        self.batch_size = config.batch_size
+
+    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.asarray(self.observations[start:stop], dtype=np.float32)
+        return self.z[start:stop], torch.from_numpy(x)
+
+    def training_batches(self, epoch: int, seed: int):
+        """Blocks of the training rows in an order fixed by ``(seed, epoch)``."""
+        starts = np.arange(0, self.n_train, self.batch_size)
+        order = np.random.default_rng([seed, epoch]).permutation(starts.size)
+        for k in order:
+            yield self._block(starts[k], min(starts[k] + self.batch_size, self.n_train))
+
+    def validation_batches(self):
+        n = self.n_train + self.n_validation
+        for start in range(self.n_train, n, self.batch_size):
+            yield self._block(start, min(start + self.batch_size, n))
+
+
+def fit_streaming(
+    module: nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: StreamingData,
+    config: TrainingConfig,
+    checkpoint: Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    label: str = "training",
+) -> dict[str, Any]:
+    """Minimise ``loss(z, x)`` (per-row losses) over the training rows with Adam, early stopping
+    on the validation rows, resuming from ``checkpoint`` if it exists.
+
+    Returns
+    -------
+    dict
+        ``best_state`` (state dict of the best epoch), ``best_validation_loss``, ``history``
+        (per-epoch training and validation loss, seconds), ``epochs``.
+    """
+    from tqdm.auto import tqdm
+
+    module.to(device)
+    optimiser = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
+    state: dict[str, Any] = {"epoch": 0, "best": math.inf, "best_state": None, "since": 0,
+                             "history": []}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        module.load_state_dict(saved["module"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state = saved["state"]
+    torch.manual_seed(config.seed)
+    bar = tqdm(total=config.max_epochs, initial=state["epoch"], disable=not progress,
+               unit="epoch", desc=label, dynamic_ncols=True)
+    try:
+        while state["epoch"] < config.max_epochs and state["since"] < config.stop_after_epochs:
+            start = time.perf_counter()
+            module.train()
+            total, count = 0.0, 0
+            for z, x in data.training_batches(state["epoch"], config.seed):
+                optimiser.zero_grad()
+                batch_loss = loss(z.to(device), x.to(device)).mean()
+                batch_loss.backward()
+                nn.utils.clip_grad_norm_(module.parameters(), config.clip_max_norm)
+                optimiser.step()
+                total += batch_loss.item() * z.shape[0]
+                count += z.shape[0]
+            validation = _validation_loss(module, loss, data, device)
+            state["epoch"] += 1
+            state["history"].append(
+                {"epoch": state["epoch"], "training_loss": total / max(count, 1),
+                 "validation_loss": validation, "seconds": time.perf_counter() - start}
+            )
+            if validation < state["best"]:
+                state["best"], state["since"] = validation, 0
+                state["best_state"] = {k: v.detach().cpu().clone()
+                                       for k, v in module.state_dict().items()}
+            else:
+                state["since"] += 1
+            _save_atomic(checkpoint, {"module": module.state_dict(),
+                                      "optimiser": optimiser.state_dict(), "state": state})
+            bar.update(1)
+            bar.set_postfix(train=f"{total / max(count, 1):.3f}", val=f"{validation:.3f}",
+                            best=f"{state['best']:.3f}", refresh=False)
+    finally:
+        bar.close()
+    return {
+        "best_state": state["best_state"],
+        "best_validation_loss": state["best"],
+        "history": state["history"],
+        "epochs": state["epoch"],
+    }
+
+
+def _validation_loss(module, loss, data: StreamingData, device: str) -> float:
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for z, x in data.validation_batches():
+            total += loss(z.to(device), x.to(device)).sum().item()
+            count += z.shape[0]
+    return total / count
+
+
+def _save_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_estimator(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainingConfig | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+):
+    """Train an NPE estimator on a dataset and write the estimator bundle to ``out``.
+
+    Parameters
+    ----------
+    dataset : path
+        A dataset directory written by ``sbi-twins simulate``.
+    out : path
+        Output directory: ``estimator.pt`` (weights + manifest), ``manifest.json`` and
+        ``training_log.csv``; ``checkpoint.pt`` while training (rerun to resume).
+    config : TrainingConfig, optional
+        Network and optimisation settings.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (honoured when a GPU is available).
+
+    Returns
+    -------
+    Estimator
+        The trained estimator, loaded from the written bundle.
+    """
+    from .estimator import load_estimator
+
+    config = config or TrainingConfig()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; use 'cpu'")
+    ds = open_dataset(dataset)
+    if not ds.complete:
+        raise ValueError(
+            f"dataset {ds.directory} is incomplete ({len(ds)} cells so far); finish it by "
+            "rerunning its `sbi-twins simulate` command first"
+        )
+    prior = _dataset_prior(ds)
+    data = StreamingData(ds, prior, config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = _training_identity(ds, config)
+    _check_checkpoint_identity(out, identity)
+    torch.manual_seed(config.seed)
+    z_stub, x_stub = data._block(0, min(data.n_train, 4096))
+    estimator = build_density_estimator(config, z_stub, x_stub)
+    result = fit_streaming(
+        estimator,
+        lambda z, x: estimator.loss(z, condition=x),
+        data,
+        config,
+        out / "checkpoint.pt",
+        device=device,
+        progress=progress,
+        label="NPE",
+    )
+    manifest = _bundle_manifest(ds, prior, config, result, data)
+    _save_atomic(out / "estimator.pt", {"state_dict": result["best_state"], "manifest": manifest})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _write_log(out / "training_log.csv", result["history"])
+    return load_estimator(out)
+
+
+def _dataset_prior(ds: Dataset) -> Prior:
+    """The prior a dataset was drawn from, rebuilt from its manifest (checked by hash)."""
+    recorded = ds.manifest["prior"]
+    prior = prior_from_dict(recorded)
+    if prior.content_hash() != recorded["hash"]:
+        raise ValueError(f"dataset {ds.directory}: its prior record does not match its hash")
+    return prior
+
+
+def prior_from_dict(data: dict[str, Any]) -> Prior:
+    """A :class:`Prior` from :meth:`Prior.to_dict` output (as stored in manifests)."""
+    from .prior import ParameterPrior
+
+    entries = [ParameterPrior(**p) for p in data["parameters"]]
+    return Prior(data["model"], entries, data.get("description", ""))
+
+
+def _training_identity(ds: Dataset, config: TrainingConfig) -> str:
+    text = json.dumps({"dataset": ds.manifest, "n": len(ds), "config": config.to_dict()},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_checkpoint_identity(out: Path, identity: str) -> None:
+    """A checkpoint is resumed only by the same dataset and settings."""
+    marker = out / "checkpoint.identity"
+    if (out / "checkpoint.pt").exists():
+        if not marker.exists() or marker.read_text() != identity:
+            raise ValueError(
+                f"{out} holds a checkpoint of another training run (other dataset or "
+                "settings); use another --out or delete its checkpoint.pt"
+            )
+    else:
+        marker.write_text(identity)
+
+
+def _bundle_manifest(ds: Dataset, prior: Prior, config: TrainingConfig, result: dict,
+                     data: StreamingData) -> dict[str, Any]:
+    from . import __version__
+
+    m = ds.manifest
+    return {
+        "format": BUNDLE_FORMAT,
+        "kind": "npe",
+        "model": m["model"],
+        "prior": m["prior"],
+        "protocol": m["protocol"],
+        "observation": m["observation"],
+        "recording": m["recording"],
+        "parameter_names": list(prior.names),
+        "training_set": {
+            "directory": str(ds.directory),
+            "cells": data.n_train + data.n_validation,
+            "validation_cells": data.n_validation,
+            "viability": m["viability"],
+            "seed": m["seed"],
+            "versions": m["versions"],
+        },
+        "training": config.to_dict(),
+        "validation": {
+            "best_loss": result["best_validation_loss"],
+            "epochs": result["epochs"],
+        },
+        "versions": {"sbi_twins": __version__, "torch": torch.__version__,
+                     "sbi": _sbi_version()},
+    }
+
+
+def _sbi_version() -> str:
+    import sbi
+
+    return sbi.__version__
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    lines = ["epoch,training_loss,validation_loss,seconds"]
+    lines += [f"{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},"
+              f"{h['seconds']:.2f}" for h in history]
+    path.write_text("\n".join(lines) + "\n")
