@@ -105,6 +105,70 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train an NPE estimator on a dataset (resumable)."""
+    from .train import TrainingConfig, train_estimator
+
+    config = TrainingConfig(max_epochs=args.max_epochs, batch_size=args.batch_size, seed=args.seed)
+    estimator = train_estimator(
+        args.dataset, args.out, config, device=args.device, progress=not args.quiet
+    )
+    validation = estimator.manifest["validation"]
+    print(
+        f"{estimator}\nbest validation loss {validation['best_loss']:.3f} after "
+        f"{validation['epochs']} epochs; wrote {args.out}"
+    )
+    return 0
+
+
+def _read_trace(path: Path) -> np.ndarray:
+    """A recorded current trace (pA/pF) from .npy (1-D) or .csv (the last column)."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        return pd.read_csv(path).iloc[:, -1].to_numpy(dtype=float)
+    raise ValueError(f"{path}: expected a .npy or .csv trace (pA/pF on the protocol's grid)")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """Fit one recording with an estimator; write samples, summary and InferenceData."""
+    from .estimator import load_estimator
+
+    estimator = load_estimator(args.estimator)
+    trace = _read_trace(Path(args.recording))
+    start = time.perf_counter()
+    posterior = estimator.fit(trace, sample_interval_ms=args.sample_interval)
+    samples = posterior.sample(args.samples, seed=args.seed)
+    summary = posterior.summary(args.samples, seed=args.seed)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples.to_csv(out / "samples.csv", index=False)
+    summary.to_csv(out / "summary.csv", index_label="parameter")
+    posterior.to_inference_data(args.samples, seed=args.seed).to_netcdf(str(out / "posterior.nc"))
+    _print_summary(summary)
+    print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {out}")
+    return 0
+
+
+def _print_summary(summary) -> None:
+    ordered = summary.sort_values("contraction", ascending=False)
+    print(f"{'parameter':32s} {'mean':>10s} {'sd':>10s} {'94% HDI':>23s} {'contraction':>11s}")
+    for name, row in ordered.iterrows():
+        print(
+            f"{name:32s} {row['mean']:10.4g} {row['sd']:10.3g} "
+            f"[{row['hdi_low']:10.4g}, {row['hdi_high']:10.4g}] {row['contraction']:11.2f}"
+        )
+    pinned = (ordered["contraction"] >= 0.5).sum()
+    loose = (ordered["contraction"] < 0.1).sum()
+    print(
+        f"{pinned} parameters pinned down (contraction >= 0.5), {loose} not identified by "
+        "this recording (< 0.1)"
+    )
+
+
 def _list(args: argparse.Namespace) -> int:
     for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml"), ("priors", ".toml")):
         print(f"{kind}: {', '.join(_resources.available(kind, suffix))}")
@@ -153,6 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sample-interval", type=float, default=0.1, help="ms (default 0.1)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
+
+    train = commands.add_parser("train", help="train an NPE estimator on a dataset (resumable)")
+    train.add_argument("dataset", help="dataset directory from `sbi-twins simulate`")
+    train.add_argument("--out", required=True, help="estimator directory")
+    train.add_argument("--max-epochs", type=int, default=200)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    fit = commands.add_parser("fit", help="posterior of one recorded cell")
+    fit.add_argument("recording", help=".npy or .csv current trace (pA/pF) on the protocol grid")
+    fit.add_argument("--estimator", required=True, help="estimator directory or bundled name")
+    fit.add_argument("--out", required=True, help="output directory")
+    fit.add_argument("--samples", type=int, default=10_000, help="posterior draws")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--sample-interval",
+        type=float,
+        default=None,
+        help="ms between the trace's samples, if not the estimator's (resampled, with a warning)",
+    )
+    fit.set_defaults(run=_fit)
 
     listing = commands.add_parser("list", help="list the bundled models and protocols")
     listing.set_defaults(run=_list)

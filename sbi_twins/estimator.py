@@ -104,9 +104,21 @@ class Estimator:
         xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
         return [CellPosterior(self, x) for x in xs]
 
+    def posteriors(self, observations: np.ndarray) -> list[CellPosterior]:
+        """Posteriors for observation vectors (N, L) that are already reduced by
+        :attr:`scheme` (e.g. rows of a dataset's ``observations``)."""
+        xs = np.atleast_2d(np.asarray(observations, dtype=float))
+        if xs.shape[1] != len(self.scheme) or not np.isfinite(xs).all():
+            raise ValueError(
+                f"expected finite observation vectors of length {len(self.scheme)}, "
+                f"got shape {xs.shape}"
+            )
+        return [CellPosterior(self, x) for x in xs]
+
     def sample_z(self, x: np.ndarray, n: int, seed: int | None) -> np.ndarray:
         """``n`` samples of the unbounded parameters for observations ``x`` (B, L) -> (n, B, D)."""
-        with torch.random.fork_rng(), torch.no_grad():
+        with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             if seed is not None:
                 torch.manual_seed(seed)
             z = self._flow.sample((n,), condition=torch.as_tensor(x, dtype=torch.float32))
@@ -114,7 +126,8 @@ class Estimator:
 
     def log_prob_z(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Flow density of ``z`` (N, D) given one observation ``x`` (L,)."""
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             zt = torch.as_tensor(z, dtype=torch.float32)
             condition = torch.as_tensor(x, dtype=torch.float32).expand(1, -1)
             return self._flow.log_prob(zt[:, None, :], condition=condition)[:, 0].numpy()
@@ -188,7 +201,13 @@ class CellPosterior:
 
 def _protocol_from_dict(data: dict[str, Any]) -> Protocol:
     segments = tuple(Segment(**s) for s in data["segments"])
-    protocol = Protocol(data["name"], data["holding_mV"], segments)
+    protocol = Protocol(
+        data["name"],
+        data["holding_mV"],
+        segments,
+        description=data.get("description", ""),
+        reference=data.get("reference", ""),
+    )
     if protocol.content_hash() != data["hash"]:
         raise ValueError("the estimator's protocol record does not match its hash")
     return protocol

@@ -184,16 +184,27 @@ def fit_streaming(
 
     module.to(device)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
-    state: dict[str, Any] = {"epoch": 0, "best": math.inf, "best_state": None, "since": 0,
-                             "history": []}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best": math.inf,
+        "best_state": None,
+        "since": 0,
+        "history": [],
+    }
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         module.load_state_dict(saved["module"])
         optimiser.load_state_dict(saved["optimiser"])
         state = saved["state"]
     torch.manual_seed(config.seed)
-    bar = tqdm(total=config.max_epochs, initial=state["epoch"], disable=not progress,
-               unit="epoch", desc=label, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.max_epochs,
+        initial=state["epoch"],
+        disable=not progress,
+        unit="epoch",
+        desc=label,
+        dynamic_ncols=True,
+    )
     try:
         while state["epoch"] < config.max_epochs and state["since"] < config.stop_after_epochs:
             start = time.perf_counter()
@@ -210,20 +221,35 @@ def fit_streaming(
             validation = _validation_loss(module, loss, data, device)
             state["epoch"] += 1
             state["history"].append(
-                {"epoch": state["epoch"], "training_loss": total / max(count, 1),
-                 "validation_loss": validation, "seconds": time.perf_counter() - start}
+                {
+                    "epoch": state["epoch"],
+                    "training_loss": total / max(count, 1),
+                    "validation_loss": validation,
+                    "seconds": time.perf_counter() - start,
+                }
             )
             if validation < state["best"]:
                 state["best"], state["since"] = validation, 0
-                state["best_state"] = {k: v.detach().cpu().clone()
-                                       for k, v in module.state_dict().items()}
+                state["best_state"] = {
+                    k: v.detach().cpu().clone() for k, v in module.state_dict().items()
+                }
             else:
                 state["since"] += 1
-            _save_atomic(checkpoint, {"module": module.state_dict(),
-                                      "optimiser": optimiser.state_dict(), "state": state})
+            _save_atomic(
+                checkpoint,
+                {
+                    "module": module.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "state": state,
+                },
+            )
             bar.update(1)
-            bar.set_postfix(train=f"{total / max(count, 1):.3f}", val=f"{validation:.3f}",
-                            best=f"{state['best']:.3f}", refresh=False)
+            bar.set_postfix(
+                train=f"{total / max(count, 1):.3f}",
+                val=f"{validation:.3f}",
+                best=f"{state['best']:.3f}",
+                refresh=False,
+            )
     finally:
         bar.close()
     return {
@@ -332,8 +358,9 @@ def prior_from_dict(data: dict[str, Any]) -> Prior:
 
 
 def _training_identity(ds: Dataset, config: TrainingConfig) -> str:
-    text = json.dumps({"dataset": ds.manifest, "n": len(ds), "config": config.to_dict()},
-                      sort_keys=True)
+    text = json.dumps(
+        {"dataset": ds.manifest, "n": len(ds), "config": config.to_dict()}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -350,8 +377,9 @@ def _check_checkpoint_identity(out: Path, identity: str) -> None:
         marker.write_text(identity)
 
 
-def _bundle_manifest(ds: Dataset, prior: Prior, config: TrainingConfig, result: dict,
-                     data: StreamingData) -> dict[str, Any]:
+def _bundle_manifest(
+    ds: Dataset, prior: Prior, config: TrainingConfig, result: dict, data: StreamingData
+) -> dict[str, Any]:
     from . import __version__
 
     m = ds.manifest
@@ -377,8 +405,7 @@ def _bundle_manifest(ds: Dataset, prior: Prior, config: TrainingConfig, result: 
             "best_loss": result["best_validation_loss"],
             "epochs": result["epochs"],
         },
-        "versions": {"sbi_twins": __version__, "torch": torch.__version__,
-                     "sbi": _sbi_version()},
+        "versions": {"sbi_twins": __version__, "torch": torch.__version__, "sbi": _sbi_version()},
     }
 
 
@@ -390,6 +417,8 @@ def _sbi_version() -> str:
 
 def _write_log(path: Path, history: list[dict]) -> None:
     lines = ["epoch,training_loss,validation_loss,seconds"]
-    lines += [f"{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},"
-              f"{h['seconds']:.2f}" for h in history]
+    lines += [
+        f"{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},{h['seconds']:.2f}"
+        for h in history
+    ]
     path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,202 @@
+"""Training, estimator bundles and fitting: a tiny end-to-end run on a cut-down problem."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sbi_twins.baseline import train_point_regressor
+from sbi_twins.estimator import load_estimator
+from sbi_twins.simulate import DatasetSpec, simulate_dataset
+from sbi_twins.train import TrainingConfig, train_estimator
+
+PRIOR = """
+model = "kernik2019"
+description = "three conductances, for tests"
+[[parameter]]
+name = "ina.g_Na"
+distribution = "uniform"
+low = 0.6
+high = 1.4
+[[parameter]]
+name = "ikr.g_Kr"
+distribution = "uniform"
+low = 0.6
+high = 1.4
+[[parameter]]
+name = "ik1.g_K1"
+distribution = "uniform"
+low = 0.6
+high = 1.4
+[[recording]]
+name = "noise_pA_per_pF"
+distribution = "fixed"
+value = 0.3
+"""
+
+PROTOCOL = """
+name = "na_kr_steps"
+holding_mV = -80.0
+[[segment]]
+type = "step"
+duration_ms = 50
+v_mV = -80
+[[segment]]
+type = "step"
+duration_ms = 20
+v_mV = -10
+[[segment]]
+type = "step"
+duration_ms = 200
+v_mV = 20
+[[segment]]
+type = "step"
+duration_ms = 200
+v_mV = -40
+[[segment]]
+type = "step"
+duration_ms = 50
+v_mV = -120
+"""
+
+SMALL = TrainingConfig(
+    hidden_features=32,
+    num_transforms=3,
+    num_bins=8,
+    channels=(8, 16),
+    pooled=16,
+    embedding_hidden=64,
+    embedding_dim=16,
+    batch_size=128,
+    learning_rate=2e-3,
+    max_epochs=40,
+    stop_after_epochs=5,
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("problem")
+    (root / "prior.toml").write_text(textwrap.dedent(PRIOR))
+    (root / "protocol.toml").write_text(textwrap.dedent(PROTOCOL))
+    return root
+
+
+def _spec(files, seed):
+    return DatasetSpec(
+        prior=str(files / "prior.toml"),
+        protocol=str(files / "protocol.toml"),
+        seed=seed,
+        chunk_size=500,
+        viability=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def datasets(files):
+    train = simulate_dataset(files / "train", 3000, _spec(files, 1), workers=1, progress=False)
+    test = simulate_dataset(files / "test", 200, _spec(files, 2), workers=1, progress=False)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def estimator(datasets, files):
+    return train_estimator(datasets[0].directory, files / "est", SMALL, progress=False)
+
+
+def test_g_na_is_recovered_and_calibrated(estimator, datasets):
+    """The 90% central interval of g_Na holds the true value on close to 90% of held-out cells,
+    and the posterior mean explains most of its variance."""
+    test = datasets[1]
+    truth = test.parameters["ina.g_Na"].to_numpy()
+    inside, means = [], []
+    for k, posterior in enumerate(estimator.posteriors(test.observations[:])):
+        draws = posterior.sample(400, seed=k)["ina.g_Na"].to_numpy()
+        low, high = np.quantile(draws, [0.05, 0.95])
+        inside.append(low <= truth[k] <= high)
+        means.append(draws.mean())
+    coverage = np.mean(inside)
+    r2 = 1 - np.mean((np.array(means) - truth) ** 2) / truth.var()
+    print(f"g_Na: 90% interval coverage {coverage:.2f}, R2 of the posterior mean {r2:.3f}")
+    assert 0.8 <= coverage <= 0.98
+    assert r2 > 0.5
+
+
+def test_summary_and_inference_data(estimator, datasets):
+    posterior = estimator.posteriors(datasets[1].observations[0])[0]
+    summary = posterior.summary(2000)
+    assert list(summary.index) == ["ina.g_Na", "ikr.g_Kr", "ik1.g_K1"]
+    assert list(summary.columns) == ["mean", "sd", "hdi_low", "hdi_high", "contraction"]
+    assert (summary["hdi_low"] < summary["mean"]).all()
+    assert (summary["mean"] < summary["hdi_high"]).all()
+    assert summary.loc["ina.g_Na", "contraction"] > 0.5
+    idata = posterior.to_inference_data(500)
+    assert idata.posterior["ina.g_Na"].shape == (1, 500)
+
+
+def test_samples_stay_inside_the_prior_and_log_prob_is_consistent(estimator, datasets):
+    posterior = estimator.posteriors(datasets[1].observations[3])[0]
+    draws = posterior.sample(5000, seed=0)
+    prior = estimator.prior
+    assert np.isfinite(prior.log_prob(draws)).all()
+    lp = posterior.log_prob(draws.iloc[:50])
+    assert np.isfinite(lp).all()
+    outside = draws.iloc[:1].copy()
+    outside["ina.g_Na"] = prior.baselines[0] * 1.5
+    assert posterior.log_prob(outside)[0] == -np.inf
+
+
+def test_bundle_round_trip_gives_identical_samples(estimator, datasets):
+    again = load_estimator(estimator.path)
+    x = datasets[1].observations[5]
+    a = estimator.posteriors(x)[0].sample(300, seed=7)
+    b = again.posteriors(x)[0].sample(300, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_fit_takes_full_rate_traces_and_checks_them(estimator):
+    protocol = estimator.protocol
+    model_trace = np.zeros(protocol.times(0.1).size)
+    assert estimator.fit(model_trace).observation.shape == (len(estimator.scheme),)
+    with pytest.raises(ValueError, match="expects 5201"):
+        estimator.fit(model_trace[:-10])
+    bad = model_trace.copy()
+    bad[100] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        estimator.fit(bad)
+    coarse = np.zeros(protocol.times(0.2).size)
+    with pytest.warns(UserWarning, match="resampling the trace from 0.2 ms"):
+        estimator.fit(coarse, sample_interval_ms=0.2)
+
+
+def test_estimator_of_another_format_is_refused(estimator, tmp_path):
+    data = torch.load(estimator.path / "estimator.pt", weights_only=False)
+    data["manifest"]["format"] = 99
+    torch.save(data, tmp_path / "estimator.pt")
+    with pytest.raises(ValueError, match="format 99 .* Retrain it"):
+        load_estimator(tmp_path)
+
+
+def test_training_resumes_from_its_checkpoint(datasets, files):
+    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 2})
+    out = files / "resume"
+    first = train_estimator(datasets[0].directory, out, config, progress=False)
+    longer = TrainingConfig(**{**config.to_dict(), "channels": (8, 16), "max_epochs": 3})
+    with pytest.raises(ValueError, match="checkpoint of another training run"):
+        train_estimator(datasets[0].directory, out, longer, progress=False)
+    assert first.manifest["validation"]["epochs"] == 2
+
+
+def test_mlp_point_regressor_learns_g_na(datasets, files):
+    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 20})
+    regressor = train_point_regressor(
+        datasets[0].directory, files / "mlp.pt", config, progress=False
+    )
+    test = datasets[1]
+    predicted = regressor.predict(test.observations[:])["ina.g_Na"].to_numpy()
+    truth = test.parameters["ina.g_Na"].to_numpy()
+    assert 1 - np.mean((predicted - truth) ** 2) / truth.var() > 0.7
