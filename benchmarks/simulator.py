@@ -97,8 +97,10 @@ def clamp_expression(protocol, time_var: str = "engine.time") -> str:
             value = f"({seg.v_start_mV!r} + {slope!r} * {local})"
         else:  # sine
             w = 2 * math.pi * seg.frequency_hz / 1000.0
-            value = (f"({seg.v_start_mV!r} + {seg.amplitude_mV!r} * "
-                     f"sin({w!r} * {local} + {seg.phase_rad!r}))")
+            value = (
+                f"({seg.v_start_mV!r} + {seg.amplitude_mV!r} * "
+                f"sin({w!r} * {local} + {seg.phase_rad!r}))"
+            )
         parts.append(f"{time_var} < {t1 - EDGE_TOL_MS!r}, {value}")
     last = protocol.segments[-1]
     end_value = float(last.voltage_at(np.array(last.duration_ms)))
@@ -129,8 +131,9 @@ def myokit_simulation(protocol=None, tolerances: dict | None = None):
     return sim, compile_s
 
 
-def myokit_run(sim, params: pd.DataFrame, duration_ms: float, interval_ms: float, var: str,
-               log=True):
+def myokit_run(
+    sim, params: pd.DataFrame, duration_ms: float, interval_ms: float, var: str, log=True
+):
     """Run each cell (set constants, reset, run). Returns ``(traces, seconds_per_cell)``.
 
     Myokit logs the half-open interval ``[0, tmax)`` at ``t = k * interval`` (computed as
@@ -172,8 +175,9 @@ def check_alignment(protocol, our_times: np.ndarray) -> dict:
     sim, _ = myokit_simulation(protocol)
     sim.reset()
     duration = protocol.duration_ms
-    d = sim.run(duration + VC_SAMPLE_MS / 2, log=["engine.time", "membrane.V"],
-                log_interval=VC_SAMPLE_MS)
+    d = sim.run(
+        duration + VC_SAMPLE_MS / 2, log=["engine.time", "membrane.V"], log_interval=VC_SAMPLE_MS
+    )
     t = np.asarray(d["engine.time"], float)
     v = np.asarray(d["membrane.V"], float)
     same_n = t.size == our_times.size
@@ -182,7 +186,8 @@ def check_alignment(protocol, our_times: np.ndarray) -> dict:
         "n_samples_ours": int(our_times.size),
         "max_abs_time_diff_ms": float(np.abs(t - our_times).max()) if same_n else None,
         "max_abs_command_diff_mV": float(np.abs(v - protocol.voltage(our_times)).max())
-        if same_n else None,
+        if same_n
+        else None,
         "handling": (
             "myokit logs [0, tmax) at t = k*interval; run to duration + interval/2 to include "
             "the end point. Clamp = piecewise(engine.time < edge - 1e-9, ...), i.e. "
@@ -224,7 +229,8 @@ def vc_errors(trace: np.ndarray, ref: np.ndarray) -> dict:
         "rms_median": _f(np.nanmedian(rms)) if ok.any() else None,
         "worst_cell": int(np.nanargmax(max_abs)) if ok.any() else None,
         "worst_time_ms": _f(np.nanargmax(np.abs(diff[np.nanargmax(max_abs)])) * VC_SAMPLE_MS)
-        if ok.any() else None,
+        if ok.any()
+        else None,
         "n_cells_compared": int(ok.sum()),
         "n_cells_in_band": int(passed.sum()),
         "per_cell_max_abs": [_f(x) for x in max_abs],
@@ -243,8 +249,7 @@ def _local_ap_features(v: np.ndarray, dt: float) -> dict:
     followed by another beat) and are averaged over them.
     """
     nan = float("nan")
-    res = dict(n_beats=0, first_upstroke_ms=nan, CL=nan, APD90=nan, APD50=nan, MDP=nan,
-               peak=nan)
+    res = dict(n_beats=0, first_upstroke_ms=nan, CL=nan, APD90=nan, APD50=nan, MDP=nan, peak=nan)
     if not np.all(np.isfinite(v)):
         return res
     cross = np.flatnonzero((v[:-1] < -20.0) & (v[1:] >= -20.0))
@@ -257,9 +262,9 @@ def _local_ap_features(v: np.ndarray, dt: float) -> dict:
         end = cross[b + 1] if b + 1 < cross.size else v.size
         k_peak = c + int(np.argmax(v[c:end]))
         prev = cross[b - 1] if b else 0
-        lo = prev + int(np.argmin(v[prev:c + 1]))  # foot: lowest sample before the crossing
+        lo = prev + int(np.argmin(v[prev : c + 1]))  # foot: lowest sample before the crossing
         hi = min(max(k_peak - 1, c), dv.size - 1)
-        j = lo + int(np.argmax(dv[lo:hi + 1]))
+        j = lo + int(np.argmax(dv[lo : hi + 1]))
         shift = 0.0
         if 0 < j < dv.size - 1:
             a, m, z = dv[j - 1], dv[j], dv[j + 1]
@@ -273,7 +278,7 @@ def _local_ap_features(v: np.ndarray, dt: float) -> dict:
             mdps.append(v[k_min])
             for x, store in ((0.9, apd90), (0.5, apd50)):
                 level = v[k_peak] - x * (v[k_peak] - v[k_min])
-                below = np.flatnonzero(v[k_peak:k_min + 1] <= level)
+                below = np.flatnonzero(v[k_peak : k_min + 1] <= level)
                 if below.size:
                     k = k_peak + int(below[0])
                     frac = (v[k - 1] - level) / (v[k - 1] - v[k])
@@ -305,8 +310,9 @@ def ap_feature_table(v: np.ndarray, dt: float) -> tuple[pd.DataFrame, str]:
         if len(table) != v.shape[0]:
             raise ValueError
     except Exception:  # 1-D only?
-        table = pd.concat([pd.DataFrame(ap_features(row, dt)).iloc[[0]] for row in v],
-                          ignore_index=True)
+        table = pd.concat(
+            [pd.DataFrame(ap_features(row, dt)).iloc[[0]] for row in v], ignore_index=True
+        )
     return table.reset_index(drop=True), "sbi_twins.features.ap_features"
 
 
@@ -362,30 +368,42 @@ def compile_child() -> None:
     t_import = time.perf_counter()
     model = sbi_twins.load_model(str(MODEL_FILE))
     t_load = time.perf_counter()
-    short = Protocol("short", -80.0, (Segment.step(50.0, -80.0), Segment.ramp(20.0, -80.0, 20.0),
-                                      Segment.step(30.0, 0.0)))
+    short = Protocol(
+        "short",
+        -80.0,
+        (Segment.step(50.0, -80.0), Segment.ramp(20.0, -80.0, 20.0), Segment.step(30.0, 0.0)),
+    )
     i = model.simulate_vc(short, None, VC_SAMPLE_MS)
     t_vc = time.perf_counter()
     v = model.simulate_ap(None, 100.0, AP_SAMPLE_MS)
     t_ap = time.perf_counter()
     assert np.isfinite(i).all() and np.isfinite(v).all()
-    print(json.dumps({
-        "import_s": t_import - t_start,
-        "load_model_s": t_load - t_import,
-        "first_simulate_vc_s": t_vc - t_load,
-        "first_simulate_ap_s": t_ap - t_vc,
-        "simulate_calls_s": t_ap - t_load,
-        "in_process_total_s": t_ap - t_start,
-        "kernel_module": getattr(model.kernels, "__name__", None),
-    }))
+    print(
+        json.dumps(
+            {
+                "import_s": t_import - t_start,
+                "load_model_s": t_load - t_import,
+                "first_simulate_vc_s": t_vc - t_load,
+                "first_simulate_ap_s": t_ap - t_vc,
+                "simulate_calls_s": t_ap - t_load,
+                "in_process_total_s": t_ap - t_start,
+                "kernel_module": getattr(model.kernels, "__name__", None),
+            }
+        )
+    )
 
 
 def run_compile_child(cache: Path) -> dict:
     env = dict(os.environ, SBI_TWINS_CACHE=str(cache))
     env.pop("NUMBA_CACHE_DIR", None)  # numba caches next to the generated module, in `cache`
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), CHILD_FLAG],
-                          env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"compile subprocess failed:\n{proc.stderr}")
@@ -401,14 +419,17 @@ def measure_compile() -> dict:
         warm = run_compile_child(cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return {"cold": cold, "warm": warm,
-            # Kernel modules are named by the hash of their source: a different name in the
-            # warm run means the generated source changed (code generator edited mid-run, or
-            # non-deterministic output), so "warm" was really a second cold compile.
-            "same_kernel_module": cold["kernel_module"] == warm["kernel_module"],
-            "what": "load_model + simulate_vc(1 cell, 100 ms protocol with a ramp) + "
-                    "simulate_ap(1 cell, 100 ms); cold = empty SBI_TWINS_CACHE, warm = same "
-                    "cache again; process_wall_s = process start to exit"}
+    return {
+        "cold": cold,
+        "warm": warm,
+        # Kernel modules are named by the hash of their source: a different name in the
+        # warm run means the generated source changed (code generator edited mid-run, or
+        # non-deterministic output), so "warm" was really a second cold compile.
+        "same_kernel_module": cold["kernel_module"] == warm["kernel_module"],
+        "what": "load_model + simulate_vc(1 cell, 100 ms protocol with a ramp) + "
+        "simulate_ap(1 cell, 100 ms); cold = empty SBI_TWINS_CACHE, warm = same "
+        "cache again; process_wall_s = process start to exit",
+    }
 
 
 # -------------------------------------------------------------------------------------------
@@ -431,8 +452,9 @@ def machine_info() -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
@@ -493,15 +515,19 @@ def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
     i_myokit = None
     for r in range(repeats):
         ours_s += time_ours(ours, 1)
-        trace, per_cell = myokit_run(sim, params, protocol.duration_ms, VC_SAMPLE_MS,
-                                     "membrane.i_ion")
+        trace, per_cell = myokit_run(
+            sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion"
+        )
         myokit_s.append(np.nansum(per_cell) / np.isfinite(per_cell).sum())
         if i_myokit is None:
             i_myokit = trace
-        log(f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
-            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell")
-    _, nolog = myokit_run(sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion",
-                          log=False)
+        log(
+            f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
+            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell"
+        )
+    _, nolog = myokit_run(
+        sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion", log=False
+    )
 
     two = min(2, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(two)
@@ -511,11 +537,11 @@ def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
 
     log("VC: tight-tolerance CVODE reference ...")
     ref_sim, _ = myokit_simulation(protocol, TIGHT)
-    i_ref, ref_s = myokit_run(ref_sim, params, protocol.duration_ms, VC_SAMPLE_MS,
-                              "membrane.i_ion")
+    i_ref, ref_s = myokit_run(ref_sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion")
     tighter_sim, _ = myokit_simulation(protocol, TIGHTER)
-    i_tighter, _ = myokit_run(tighter_sim, params.iloc[:1], protocol.duration_ms, VC_SAMPLE_MS,
-                              "membrane.i_ion")
+    i_tighter, _ = myokit_run(
+        tighter_sim, params.iloc[:1], protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion"
+    )
 
     ms_ours = 1e3 * _median(ours_s) / n
     ms_myokit = 1e3 * _median(myokit_s)
@@ -587,8 +613,10 @@ def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log)
         myokit_s.append(np.nansum(per_cell) / np.isfinite(per_cell).sum())
         if v_myokit is None:
             v_myokit = trace
-        log(f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
-            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell")
+        log(
+            f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
+            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell"
+        )
 
     two = min(2, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(two)
@@ -600,8 +628,7 @@ def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log)
     ref_sim, _ = myokit_simulation(None, TIGHT)
     v_ref, ref_s = myokit_run(ref_sim, params, duration_ms, AP_SAMPLE_MS, "membrane.V")
     tighter_sim, _ = myokit_simulation(None, TIGHTER)
-    v_tighter, _ = myokit_run(tighter_sim, params.iloc[:1], duration_ms, AP_SAMPLE_MS,
-                              "membrane.V")
+    v_tighter, _ = myokit_run(tighter_sim, params.iloc[:1], duration_ms, AP_SAMPLE_MS, "membrane.V")
 
     f_ref, source = ap_feature_table(v_ref, AP_SAMPLE_MS)
     f_ours, _ = ap_feature_table(v_ours, AP_SAMPLE_MS)
@@ -639,8 +666,11 @@ def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log)
             "ms_per_cell_repeats": [1e3 * x for x in myokit_s],
             "n_failed_cells": int((~np.isfinite(v_myokit).all(axis=1)).sum()),
         },
-        "reference": {**TIGHT, "ms_per_cell": 1e3 * float(np.nanmedian(ref_s)),
-                      "self_check_cell0_vs_tighter": {**TIGHTER, **self_check}},
+        "reference": {
+            **TIGHT,
+            "ms_per_cell": 1e3 * float(np.nanmedian(ref_s)),
+            "self_check_cell0_vs_tighter": {**TIGHTER, **self_check},
+        },
         "speedup_ours_vs_myokit_per_core": ms_myokit / ms_ours,
         "accuracy": {
             "band": AP_BAND,
@@ -674,8 +704,11 @@ def markdown(res: dict) -> str:
         f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs; numba {m['numba']}, "
         f"myokit {m['myokit']} (SUNDIALS {m['sundials']}); {m['date']}; "
         f"commit {str(m['git_commit'])[:10]}"
-        + (" (+ local changes in sbi_twins/ or simulators/)"
-           if m["sbi_twins_or_models_modified"] else ""),
+        + (
+            " (+ local changes in sbi_twins/ or simulators/)"
+            if m["sbi_twins_or_models_modified"]
+            else ""
+        ),
         "",
         "Per-core = 1 Numba thread; median over repeats; ours and myokit timed alternately.",
         "",
@@ -739,13 +772,16 @@ def markdown(res: dict) -> str:
         ]
         for label, ms, cps, a in (
             ("ours (1 thread)", o["ms_per_cell_1thread"], o["cells_per_s_1thread"], acc["ours"]),
-            ("myokit CVODE default tol.", k["ms_per_cell"], k["cells_per_s"],
-             acc["myokit_default"]),
+            (
+                "myokit CVODE default tol.",
+                k["ms_per_cell"],
+                k["cells_per_s"],
+                acc["myokit_default"],
+            ),
         ):
             lines.append(
                 f"| {label} | {ms:.2f} | {cps:.1f} | {a['n_cells_same_beats']}/{a['n_cells']} | "
-                + " | ".join(f"{_fmt(a[c]['max'])} ({_fmt(a[c]['median'])})"
-                             for c in AP_COMPARED)
+                + " | ".join(f"{_fmt(a[c]['max'])} ({_fmt(a[c]['median'])})" for c in AP_COMPARED)
                 + f" | {a['n_cells_in_band']}/{a['n_cells']} |"
             )
         sc = ap["reference"]["self_check_cell0_vs_tighter"]
@@ -783,9 +819,12 @@ def markdown(res: dict) -> str:
             )
         lines += ["", f"({comp['what']})", ""]
         if not comp["same_kernel_module"]:
-            lines += [f"**Warning:** the warm run generated a different kernel module "
-                      f"({w['kernel_module']} vs {c['kernel_module']}): the generated source "
-                      "changed between the two runs, so the warm figure is not a cache hit.", ""]
+            lines += [
+                f"**Warning:** the warm run generated a different kernel module "
+                f"({w['kernel_module']} vs {c['kernel_module']}): the generated source "
+                "changed between the two runs, so the warm figure is not a cache hit.",
+                "",
+            ]
     lines.append(f"Total benchmark wall time: {res['wall_s']:.0f} s")
     return "\n".join(lines)
 
@@ -798,10 +837,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", type=int, default=None, help="cells per batch (default 32)")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 cells, 2 repeats, 2 s of AP")
-    ap.add_argument("--no-compile", action="store_true",
-                    help="skip the cold/warm compile-time subprocesses (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 cells, 2 repeats, 2 s of AP")
+    ap.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the cold/warm compile-time subprocesses (~1 min)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the parameter draws")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
     args = ap.parse_args(argv)
@@ -820,10 +861,16 @@ def main(argv=None) -> int:
     params = draw_parameters(n_cells, args.seed)
     model = sbi_twins.load_model(str(MODEL_FILE))
     res = {
-        "config": {"n_cells": n_cells, "repeats": repeats, "quick": args.quick,
-                   "seed": args.seed, "perturbation": PERTURBATION,
-                   "parameters": list(params.columns), "model_file": str(MODEL_FILE.name),
-                   "kernel_module": getattr(model.kernels, "__name__", None)},
+        "config": {
+            "n_cells": n_cells,
+            "repeats": repeats,
+            "quick": args.quick,
+            "seed": args.seed,
+            "perturbation": PERTURBATION,
+            "parameters": list(params.columns),
+            "model_file": str(MODEL_FILE.name),
+            "kernel_module": getattr(model.kernels, "__name__", None),
+        },
         "machine": machine_info(),
     }
     res["vc"] = bench_vc(model, params, repeats, log)

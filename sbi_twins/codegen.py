@@ -418,9 +418,7 @@ class KernelSource:
         )
         return (
             "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-            f"def _simulate_vc_block(k_blk, {args}):\n"
-            + "\n".join(_indent(body, 1))
-            + "\n\n\n"
+            f"def _simulate_vc_block(k_blk, {args}):\n" + "\n".join(_indent(body, 1)) + "\n\n\n"
             "@nb.njit(parallel=True, cache=True)\n"
             f"def simulate_vc({args}):\n"
             "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
@@ -508,9 +506,7 @@ class KernelSource:
             load=False,
         )
         volt_rhs = self._volt_block(False, False)
-        ion_only = self._assign(
-            self.a.closure([myokit.Name(self.a.i_ion)], Kind.DYN), self._w_dyn
-        )
+        ion_only = self._assign(self.a.closure([myokit.Name(self.a.i_ion)], Kind.DYN), self._w_dyn)
         start = self._lane_loop(
             [
                 f"{v} = k_vm",
@@ -537,7 +533,9 @@ class KernelSource:
                 "k_vmid = k_vm + k_phi * ((k_vcmid + k_voff - k_vm) * k_tinv - k_ion)",
             ],
             rows,
-            saved + derivatives + ["k_ion", "k_bad", "k_geff", "k_a", "k_vmid", "k_rec", "k_vrec"]
+            saved
+            + derivatives
+            + ["k_ion", "k_bad", "k_geff", "k_a", "k_vmid", "k_rec", "k_vrec"]
             + ["k_vm"],
         )
         finish = self._lane_loop(
@@ -700,9 +698,7 @@ def _batched(name: str, args: str, body: list[str]) -> str:
     """
     return (
         "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-        f"def _{name}_cell(k_cell, {args}):\n"
-        + "\n".join(_indent(body, 1))
-        + "\n\n\n"
+        f"def _{name}_cell(k_cell, {args}):\n" + "\n".join(_indent(body, 1)) + "\n\n\n"
         "@nb.njit(parallel=True, cache=True)\n"
         f"def {name}({args}):\n"
         "    for k_cell in nb.prange(params.shape[0]):\n"

@@ -124,13 +124,17 @@ class Estimator:
             z = self._flow.sample((n,), condition=torch.as_tensor(x, dtype=torch.float32))
         return z.numpy().astype(float)
 
-    def log_prob_z(self, z: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Flow density of ``z`` (N, D) given one observation ``x`` (L,)."""
+    def log_prob_batch(self, theta: np.ndarray, observations: np.ndarray) -> np.ndarray:
+        """Posterior log density of ``theta[i]`` given ``observations[i]``, (B, D) and (B, L)."""
+        z = self.prior.to_unbounded(theta)
+        log_prior = self.prior.log_prob(theta)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             zt = torch.as_tensor(z, dtype=torch.float32)
-            condition = torch.as_tensor(x, dtype=torch.float32).expand(1, -1)
-            return self._flow.log_prob(zt[:, None, :], condition=condition)[:, 0].numpy()
+            condition = torch.as_tensor(observations, dtype=torch.float32)
+            log_q = self._flow.log_prob(zt[None], condition=condition)[0].numpy()
+            log_prior_z = self._z_prior.log_prob(zt).numpy()
+        return log_q + log_prior - log_prior_z
 
 
 class CellPosterior:
@@ -157,18 +161,11 @@ class CellPosterior:
         """
         prior = self.estimator.prior
         theta = prior._as_array(theta)
-        z = prior.to_unbounded(theta)
-        log_prior = prior.log_prob(theta)
-        inside = np.isfinite(log_prior)
+        inside = np.isfinite(prior.log_prob(theta))
         out = np.full(theta.shape[0], -np.inf)
         if inside.any():
-            zin = torch.as_tensor(z[inside], dtype=torch.float32)
-            log_prior_z = self.estimator._z_prior.log_prob(zin).numpy()
-            out[inside] = (
-                self.estimator.log_prob_z(z[inside], self.observation)
-                + log_prior[inside]
-                - log_prior_z
-            )
+            repeated = np.repeat(self.observation[None], inside.sum(), axis=0)
+            out[inside] = self.estimator.log_prob_batch(theta[inside], repeated)
         return out
 
     def summary(self, n: int = 10_000, seed: int = 0) -> pd.DataFrame:
@@ -215,7 +212,7 @@ def _protocol_from_dict(data: dict[str, Any]) -> Protocol:
 
 def load_estimator(name_or_path: str | os.PathLike) -> Estimator:
     """Load an estimator bundle: a directory written by ``sbi-twins train`` (or its
-    ``estimator.pt``), or the name of a bundled one.
+    ``estimator.pt``), or the name of a bundled one (``estimators/<name>.pt``).
 
     Raises
     ------
@@ -223,11 +220,12 @@ def load_estimator(name_or_path: str | os.PathLike) -> Estimator:
         A file of another bundle format (made by another sbi-twins version).
     """
     path = Path(name_or_path)
-    if not path.exists() and not os.sep in str(name_or_path):
-        path = _resources.resolve(str(name_or_path), "estimators", "")
-    file = path / "estimator.pt" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"no estimator at {path} (expected a directory with estimator.pt)")
+    if path.is_dir():
+        file = path / "estimator.pt"
+        if not file.exists():
+            raise FileNotFoundError(f"{path} is not an estimator (no estimator.pt in it)")
+    else:
+        file = _resources.resolve(name_or_path, "estimators", ".pt")
     data = torch.load(file, map_location="cpu", weights_only=False)
     manifest = data.get("manifest", {}) if isinstance(data, dict) else {}
     if manifest.get("format") != BUNDLE_FORMAT:

@@ -461,8 +461,10 @@ def _clamp_grid(
     intervals per output sample, and the number of intervals in each segment, such that every
     segment edge and every sample time is a grid point.
     """
-    units = [_quantise(s.duration_ms, f"segment {k + 1} duration") for k, s in
-             enumerate(protocol.segments)]
+    units = [
+        _quantise(s.duration_ms, f"segment {k + 1} duration")
+        for k, s in enumerate(protocol.segments)
+    ]
     sample_units = _quantise(sample_interval_ms, "sample_interval_ms")
     common = math.gcd(sample_units, *units)
     substeps = math.ceil(common * _TIME_QUANTUM_MS / dt_max_ms - 1e-9)

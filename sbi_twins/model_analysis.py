@@ -183,9 +183,7 @@ class ModelAnalysis:
 
     def explicit_rhs(self, include_v: bool) -> list[tuple[myokit.Variable, myokit.Expression]]:
         """``(state, dot(state) expression)`` for the explicitly integrated states."""
-        return [
-            (s, s.rhs()) for s in self.explicit_states if include_v or s is not self.v
-        ]
+        return [(s, s.rhs()) for s in self.explicit_states if include_v or s is not self.v]
 
     def uses(self, var: myokit.Variable | None) -> bool:
         """True if any equation refers to ``var``."""

@@ -320,8 +320,7 @@ def _parse_entry(
     distribution = entry.get("distribution")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(
-            f"{where}: distribution must be one of {', '.join(DISTRIBUTIONS)}, "
-            f"got {distribution!r}"
+            f"{where}: distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}"
         )
     allowed = _FIELDS[distribution] | _OPTIONAL
     unknown = sorted(set(entry) - allowed)

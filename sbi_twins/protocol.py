@@ -66,8 +66,14 @@ class Segment:
             raise ValueError(
                 f"unknown segment type {self.kind!r}; valid types: {', '.join(_KINDS)}"
             )
-        for field in ("duration_ms", "v_start_mV", "v_end_mV", "amplitude_mV", "frequency_hz",
-                      "phase_rad"):
+        for field in (
+            "duration_ms",
+            "v_start_mV",
+            "v_end_mV",
+            "amplitude_mV",
+            "frequency_hz",
+            "phase_rad",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise ValueError(f"{field} must be a number, got {value!r}")
@@ -103,8 +109,14 @@ class Segment:
         return cls("ramp", duration_ms, v_start_mV, v_end_mV)
 
     @classmethod
-    def sine(cls, duration_ms: float, offset_mV: float, amplitude_mV: float,
-             frequency_hz: float, phase_rad: float = 0.0) -> Segment:
+    def sine(
+        cls,
+        duration_ms: float,
+        offset_mV: float,
+        amplitude_mV: float,
+        frequency_hz: float,
+        phase_rad: float = 0.0,
+    ) -> Segment:
         """Return a sine of `amplitude_mV` and `frequency_hz` around `offset_mV`."""
         return cls("sine", duration_ms, offset_mV, offset_mV, amplitude_mV, frequency_hz, phase_rad)
 
@@ -418,8 +430,13 @@ def _parse_segment(raw: dict[str, Any], where: str) -> Segment:
             return Segment.step(values["duration_ms"], values["v_mV"])
         if kind == "ramp":
             return Segment.ramp(values["duration_ms"], values["v_start_mV"], values["v_end_mV"])
-        return Segment.sine(values["duration_ms"], values["offset_mV"], values["amplitude_mV"],
-                            values["frequency_hz"], values.get("phase_rad", 0.0))
+        return Segment.sine(
+            values["duration_ms"],
+            values["offset_mV"],
+            values["amplitude_mV"],
+            values["frequency_hz"],
+            values.get("phase_rad", 0.0),
+        )
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -438,8 +455,6 @@ def _number(value: Any, key: str) -> float:
 def _did_you_mean(unknown: list[str], allowed: tuple[str, ...]) -> str:
     """Return ' (did you mean ...?)' for near-miss keys, or ''."""
     hints = [
-        f"{m[0]!r} for {u!r}"
-        for u in unknown
-        if (m := difflib.get_close_matches(u, allowed, n=1))
+        f"{m[0]!r} for {u!r}" for u in unknown if (m := difflib.get_close_matches(u, allowed, n=1))
     ]
     return f" (did you mean {', '.join(hints)}?)" if hints else ""

@@ -309,10 +309,10 @@ def train_estimator(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; use 'cpu'")
     ds = open_dataset(dataset)
-    if not ds.complete:
+    if not ds.complete and (config.max_cells is None or config.max_cells > len(ds)):
         raise ValueError(
             f"dataset {ds.directory} is incomplete ({len(ds)} cells so far); finish it by "
-            "rerunning its `sbi-twins simulate` command first"
+            "rerunning its `sbi-twins simulate` command, or train on fewer cells (max_cells)"
         )
     prior = _dataset_prior(ds)
     data = StreamingData(ds, prior, config)

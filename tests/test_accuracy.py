@@ -74,8 +74,10 @@ def test_vc_matches_reference(kernik, parameter_table, path):
     err = current - ref["vc_i_ion"]
     max_abs, rms = np.abs(err).max(), np.sqrt(np.mean(err**2))
     t_worst = ref["vc_t_ms"][np.argmax(np.abs(err))]
-    print(f"{path.stem}: VC max|dI| {max_abs:.4f} pA/pF at t = {t_worst:.1f} ms, "
-          f"RMS {rms:.2e} pA/pF (peak |I| {np.abs(ref['vc_i_ion']).max():.1f})")
+    print(
+        f"{path.stem}: VC max|dI| {max_abs:.4f} pA/pF at t = {t_worst:.1f} ms, "
+        f"RMS {rms:.2e} pA/pF (peak |I| {np.abs(ref['vc_i_ion']).max():.1f})"
+    )
     assert max_abs <= VC_MAX_ABS, f"max |dI| = {max_abs:.4f} pA/pF"
     assert rms <= VC_RMS, f"RMS dI = {rms:.5f} pA/pF"
 
@@ -89,8 +91,10 @@ def test_spontaneous_ap_matches_reference(kernik, parameter_table, path):
 
     ours, theirs = ap_features(v, dt).iloc[0], ap_features(ref["ap_V"], dt).iloc[0]
     diffs = {c: ours[c] - theirs[c] for c in AP_BANDS}
-    print(f"{path.stem}: n_beats {ours.n_beats:.0f}/{theirs.n_beats:.0f}, "
-          + ", ".join(f"d{c} {d:+.4f}" for c, d in diffs.items()))
+    print(
+        f"{path.stem}: n_beats {ours.n_beats:.0f}/{theirs.n_beats:.0f}, "
+        + ", ".join(f"d{c} {d:+.4f}" for c, d in diffs.items())
+    )
     assert ours.n_beats == theirs.n_beats
     for col, band in AP_BANDS.items():
         if np.isnan(theirs[col]):
@@ -217,8 +221,10 @@ def test_vc_steps_and_ramps_match_cvode(kernik, random_params, step_ramp_protoco
     err = current - cvode_vc[cell]
     max_abs, rms = np.abs(err).max(), np.sqrt(np.mean(err**2))
     t_worst = step_ramp_protocol.times(0.1)[np.argmax(np.abs(err))]
-    print(f"random cell {cell}: VC max|dI| {max_abs:.4f} pA/pF at t = {t_worst:.1f} ms, "
-          f"RMS {rms:.2e} pA/pF (peak |I| {np.abs(cvode_vc[cell]).max():.1f})")
+    print(
+        f"random cell {cell}: VC max|dI| {max_abs:.4f} pA/pF at t = {t_worst:.1f} ms, "
+        f"RMS {rms:.2e} pA/pF (peak |I| {np.abs(cvode_vc[cell]).max():.1f})"
+    )
     assert max_abs <= VC_MAX_ABS, f"max |dI| = {max_abs:.4f} pA/pF at t = {t_worst:.1f} ms"
     assert rms <= VC_RMS, f"RMS dI = {rms:.5f} pA/pF"
 
@@ -228,8 +234,10 @@ def test_vc_steps_and_ramps_match_cvode(kernik, random_params, step_ramp_protoco
 def test_spontaneous_upstrokes_match_cvode(kernik, random_params, cvode_ap, cell):
     v = kernik.simulate_ap(random_params, 3000, 0.5)[cell]
     ours, theirs = upstroke_times(v, 0.5), upstroke_times(cvode_ap[cell], 0.5)
-    print(f"random cell {cell}: upstrokes (CVODE) {np.round(theirs, 2)}, ours - CVODE "
-          f"{np.round(ours - theirs, 3) if ours.size == theirs.size else ours}")
+    print(
+        f"random cell {cell}: upstrokes (CVODE) {np.round(theirs, 2)}, ours - CVODE "
+        f"{np.round(ours - theirs, 3) if ours.size == theirs.size else ours}"
+    )
     assert ours.size == theirs.size
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=UPSTROKE_BAND_MS)
     if theirs.size == 0:
@@ -262,9 +270,13 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
         clamp.add_variable(name).set_rhs(0)
     command = clamp.add_variable("vc")
     command.set_rhs(myokit.parse_expression("v0 + slope * (engine.time - t0)", clamp))
-    v.set_rhs(myokit.parse_expression(
-        f"(xclamp.vc + xclamp.voff - {v.qname()}) / xclamp.tau "
-        f"- ({i_ion} + xclamp.gl * ({v.qname()} - xclamp.el))", v))
+    v.set_rhs(
+        myokit.parse_expression(
+            f"(xclamp.vc + xclamp.voff - {v.qname()}) / xclamp.tau "
+            f"- ({i_ion} + xclamp.gl * ({v.qname()} - xclamp.el))",
+            v,
+        )
+    )
     v_est = clamp.add_variable("vest")
     v_est.promote(-80.0)
     v_est.set_rhs(myokit.parse_expression("(vc - vest) / tau", clamp))
@@ -310,8 +322,10 @@ def test_series_resistance_clamp_matches_cvode(
     err = (current[0] - cvode_artefact[cell])[t > 1.0]  # the first ms: different initial V
     max_abs, rms = np.abs(err).max(), np.sqrt(np.mean(err**2))
     worst = np.argmax(np.abs(err))
-    print(f"tau {ARTEFACT_CLAMPS[cell][0]} ms: max|dI| {max_abs:.3f} at {t[t > 1.0][worst]:.1f} ms "
-          f"(CVODE {cvode_artefact[cell][t > 1.0][worst]:.1f}), RMS {rms:.4f} pA/pF")
+    print(
+        f"tau {ARTEFACT_CLAMPS[cell][0]} ms: max|dI| {max_abs:.3f} at {t[t > 1.0][worst]:.1f} ms "
+        f"(CVODE {cvode_artefact[cell][t > 1.0][worst]:.1f}), RMS {rms:.4f} pA/pF"
+    )
 
     assert max_abs <= ARTEFACT_MAX_ABS
     assert rms <= ARTEFACT_RMS
@@ -409,8 +423,10 @@ def test_hh_vc_matches_bdf(hh, hh_protocol, hh_vc_reference):
     err = np.abs(hh.simulate_vc(hh_protocol)[0] - ref)
     first_ramp = hh_protocol.edges_ms[3]
     steps_only = times < first_ramp - 1e-9
-    print(f"HH VC: steps max|dI|/peak {err[steps_only].max() / peak:.1e}; whole protocol "
-          f"max|dI| {err.max():.3f} uA/cm^2 = {err.max() / peak:.1e} of peak {peak:.0f}")
+    print(
+        f"HH VC: steps max|dI|/peak {err[steps_only].max() / peak:.1e}; whole protocol "
+        f"max|dI| {err.max():.3f} uA/cm^2 = {err.max() / peak:.1e} of peak {peak:.0f}"
+    )
     assert err[steps_only].max() <= HH_STEP_REL * peak
     assert err.max() <= HH_VC_REL * peak
 
@@ -439,8 +455,9 @@ def hh_ap_reference(hh_myokit) -> np.ndarray:
     for a, b in zip(edges[:-1], edges[1:]):
         pace = 1.0 if (a % HH_CL) < HH_STIM - 1e-9 else 0.0
         idx = np.flatnonzero((times > a + 1e-9) & (times <= b + 1e-9))
-        sol = solve_ivp(lambda t, s: _derivatives(model, s, pace), (a, b), y,
-                        t_eval=times[idx], **BDF)
+        sol = solve_ivp(
+            lambda t, s: _derivatives(model, s, pace), (a, b), y, t_eval=times[idx], **BDF
+        )
         assert sol.success, sol.message
         out[idx] = sol.y[0]
         y = sol.y[:, -1]
@@ -452,8 +469,7 @@ def test_hh_paced_ap_matches_bdf(hh, hh_ap_reference):
     ours, theirs = upstroke_times(v, HH_SI), upstroke_times(hh_ap_reference, HH_SI)
     dv = np.abs(v - hh_ap_reference).max()
     shift = np.abs(ours - theirs).max() if ours.size == theirs.size else np.nan
-    print(f"HH paced: upstrokes {np.round(theirs, 3)}, max|dt| {shift:.1e} ms, "
-          f"max|dV| {dv:.4f} mV")
+    print(f"HH paced: upstrokes {np.round(theirs, 3)}, max|dt| {shift:.1e} ms, max|dV| {dv:.4f} mV")
     assert theirs.size == 3  # every stimulus fires an AP
     assert ours.size == theirs.size
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=HH_AP_UPSTROKE_MS)

@@ -23,8 +23,9 @@ DATA = Path(__file__).parent / "data"
 SIMULATORS = Path(__file__).resolve().parent.parent / "simulators"
 
 #: A short HH clamp protocol with a step and a ramp (quick to simulate).
-HH_PROTO = Protocol("hh_short", -75.0, (Segment.step(5, -75), Segment.step(5, 0),
-                                        Segment.ramp(5, -100, 40)))
+HH_PROTO = Protocol(
+    "hh_short", -75.0, (Segment.step(5, -75), Segment.step(5, 0), Segment.ramp(5, -100, 40))
+)
 #: A short Kernik clamp protocol.
 KERNIK_PROTO = Protocol("kernik_short", -80.0, (Segment.step(50, -80), Segment.step(50, 0)))
 
@@ -33,7 +34,10 @@ def run_python(code: str, env: dict[str, str], timeout: float) -> dict:
     """Run ``code`` in a fresh interpreter; it must print one JSON object as its last line."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -196,8 +200,12 @@ def test_sample_interval_must_divide_duration(hh):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(duration_ms=0.0), dict(duration_ms=-5.0), dict(sample_interval_ms=0.0),
-        dict(atol_mV=0.0), dict(rtol=-1.0), dict(dt_max_ms=float("nan")),
+        dict(duration_ms=0.0),
+        dict(duration_ms=-5.0),
+        dict(sample_interval_ms=0.0),
+        dict(atol_mV=0.0),
+        dict(rtol=-1.0),
+        dict(dt_max_ms=float("nan")),
         dict(cycle_length_ms=-10.0),
     ],
 )
@@ -250,8 +258,10 @@ def test_non_finite_ap_cell_is_nan_and_named(kernik):
     try:
         result = run_python(code, dict(os.environ), timeout=60)
     except subprocess.TimeoutExpired:
-        pytest.fail("simulate_ap did not return within 60 s for a batch with one cell whose "
-                    "right-hand side is NaN (extra.Ko = -1)")
+        pytest.fail(
+            "simulate_ap did not return within 60 s for a batch with one cell whose "
+            "right-hand side is NaN (extra.Ko = -1)"
+        )
     assert result["nan_rows"] == [False, True, False]
     assert result["others_match"]
     assert len(result["warnings"]) == 1 and "(index 1)" in result["warnings"][0]

@@ -189,8 +189,10 @@ def test_bundled_recording_section_values_ranges_and_density():
     "entry, message",
     [
         ('name = "rs_Ohm"\ndistribution = "fixed"', "recording model has no parameter"),
-        ('name = "rs_compensation"\ndistribution = "uniform"\nlow = 0.2\nhigh = 1.5',
-         "outside the valid range"),
+        (
+            'name = "rs_compensation"\ndistribution = "uniform"\nlow = 0.2\nhigh = 1.5',
+            "outside the valid range",
+        ),
         ('name = "cm_pF"\ndistribution = "uniform"\nlow = 50\nhigh = 20', "bounds inverted"),
         ('name = "cm_pF"\ndistribution = "fixed"\nbaseline = 3', "no 'baseline'"),
     ],

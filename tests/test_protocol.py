@@ -25,6 +25,7 @@ def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
 
 # --- bundled protocols ------------------------------------------------------------------
 
+
 def test_clark2022_duration_and_grid():
     proto = load_protocol("clark2022")
     assert proto.name == "clark2022"
@@ -83,18 +84,25 @@ def test_voltage_keeps_shape():
 
 # --- sine segments ----------------------------------------------------------------------
 
+
 def test_sine_segment_values():
     seg = Segment.sine(1000, offset_mV=-30, amplitude_mV=20, frequency_hz=2)
     assert seg.v_end_mV == seg.v_start_mV == -30.0
     # 2 Hz: period 500 ms; peak at 125 ms, trough at 375 ms.
-    np.testing.assert_allclose(seg.voltage_at(np.array([0.0, 125.0, 250.0, 375.0])),
-                               [-30.0, -10.0, -30.0, -50.0], atol=1e-12)
+    np.testing.assert_allclose(
+        seg.voltage_at(np.array([0.0, 125.0, 250.0, 375.0])),
+        [-30.0, -10.0, -30.0, -50.0],
+        atol=1e-12,
+    )
     shifted = Segment.sine(1000, -30, 20, 2, phase_rad=math.pi / 2)
     assert shifted.voltage_at(np.array(0.0)) == pytest.approx(-10.0)
 
 
 def test_sine_in_protocol_and_from_toml(tmp_path):
-    path = write(tmp_path, GOOD_HEADER + """
+    path = write(
+        tmp_path,
+        GOOD_HEADER
+        + """
 [[segment]]
 type = "step"
 duration_ms = 100
@@ -106,7 +114,8 @@ duration_ms = 1000
 offset_mV = -30
 amplitude_mV = 20
 frequency_hz = 2
-""")
+""",
+    )
     proto = load_protocol(path)
     assert proto.segments[1] == Segment.sine(1000, -30, 20, 2)
     assert proto.voltage(100.0) == pytest.approx(-30.0)
@@ -117,16 +126,20 @@ frequency_hz = 2
 
 # --- Segment / Protocol validation ------------------------------------------------------
 
-@pytest.mark.parametrize("args, extra, match", [
-    (("step", 0, 0, 0), {}, "duration_ms must be positive"),
-    (("step", math.inf, 0, 0), {}, "duration_ms must be finite"),
-    (("ramp", 1, math.nan, 0), {}, "v_start_mV must be finite"),
-    (("sine", 1, 0, 0), {"frequency_hz": -1}, "frequency_hz"),
-    (("step", 1, 0, 5), {}, "must be equal"),
-    (("ramp", 1, 0, 5), {"amplitude_mV": 3}, "only apply to sine"),
-    (("square", 1, 0, 0), {}, "step, ramp, sine"),
-    (("step", "1", 0, 0), {}, "duration_ms must be a number"),
-])
+
+@pytest.mark.parametrize(
+    "args, extra, match",
+    [
+        (("step", 0, 0, 0), {}, "duration_ms must be positive"),
+        (("step", math.inf, 0, 0), {}, "duration_ms must be finite"),
+        (("ramp", 1, math.nan, 0), {}, "v_start_mV must be finite"),
+        (("sine", 1, 0, 0), {"frequency_hz": -1}, "frequency_hz"),
+        (("step", 1, 0, 5), {}, "must be equal"),
+        (("ramp", 1, 0, 5), {"amplitude_mV": 3}, "only apply to sine"),
+        (("square", 1, 0, 0), {}, "step, ramp, sine"),
+        (("step", "1", 0, 0), {}, "duration_ms must be a number"),
+    ],
+)
 def test_segment_validation(args, extra, match):
     with pytest.raises(ValueError, match=match):
         Segment(*args, **extra)
@@ -143,6 +156,7 @@ def test_protocol_validation():
 
 # --- times() ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("si", [0.0, -0.1, math.nan, math.inf])
 def test_times_rejects_bad_interval(si):
     with pytest.raises(ValueError, match="positive and finite"):
@@ -156,6 +170,7 @@ def test_times_rejects_non_divisor_and_suggests_one():
 
 
 # --- hashing / dict ---------------------------------------------------------------------
+
 
 def test_content_hash_stable_and_sensitive(tmp_path):
     a = load_protocol("kernik_steps")
@@ -171,12 +186,19 @@ def test_content_hash_stable_and_sensitive(tmp_path):
     assert changed.content_hash() != a.content_hash()
     d = a.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert d["segments"][1] == {"kind": "step", "duration_ms": 500.0, "v_start_mV": -120.0,
-                                "v_end_mV": -120.0, "amplitude_mV": 0.0, "frequency_hz": 0.0,
-                                "phase_rad": 0.0}
+    assert d["segments"][1] == {
+        "kind": "step",
+        "duration_ms": 500.0,
+        "v_start_mV": -120.0,
+        "v_end_mV": -120.0,
+        "amplitude_mV": 0.0,
+        "frequency_hz": 0.0,
+        "phase_rad": 0.0,
+    }
 
 
 # --- loading and TOML errors ------------------------------------------------------------
+
 
 def test_unknown_name_lists_bundled():
     with pytest.raises(FileNotFoundError, match="unknown protocol 'nope'.*clark2022, kernik_steps"):
@@ -201,7 +223,6 @@ def test_toml_syntax_error(tmp_path):
     with pytest.raises(ValueError, match="TOML syntax error") as exc:
         load_protocol(path)
     assert str(path) in str(exc.value) and "line 4" in str(exc.value)
-
 
 
 def test_missing_field_names_field_segment_and_line(tmp_path):
@@ -236,12 +257,15 @@ def test_unknown_key_lists_allowed(tmp_path):
     assert "allowed: type, duration_ms, v_mV" in msg and "segment 1 (line 3)" in msg
 
 
-@pytest.mark.parametrize("value, match", [
-    ("0", "duration_ms must be positive"),
-    ("-5", "duration_ms must be positive"),
-    ("inf", "'duration_ms' must be a finite number"),
-    ("nan", "'duration_ms' must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("0", "duration_ms must be positive"),
+        ("-5", "duration_ms must be positive"),
+        ("inf", "'duration_ms' must be a finite number"),
+        ("nan", "'duration_ms' must be a finite number"),
+    ],
+)
 def test_bad_duration(tmp_path, value, match):
     segment = SEG_STEP.replace("duration_ms = 10", f"duration_ms = {value}")
     path = write(tmp_path, GOOD_HEADER + segment)
@@ -258,8 +282,11 @@ def test_non_numeric_value(tmp_path, value):
 
 
 def test_non_finite_sine_offset_names_toml_key(tmp_path):
-    path = write(tmp_path, GOOD_HEADER + '[[segment]]\ntype = "sine"\nduration_ms = 5\n'
-                 "offset_mV = -inf\namplitude_mV = 1\nfrequency_hz = 1\n")
+    path = write(
+        tmp_path,
+        GOOD_HEADER + '[[segment]]\ntype = "sine"\nduration_ms = 5\n'
+        "offset_mV = -inf\namplitude_mV = 1\nfrequency_hz = 1\n",
+    )
     match = r"segment 1 \(line 3\): 'offset_mV' must be a finite number"
     with pytest.raises(ValueError, match=match):
         load_protocol(path)

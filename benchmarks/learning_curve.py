@@ -1,0 +1,186 @@
+"""Learning curve: NPE vs the MLP point regressor, by training-set size, on one held-out test set.
+
+For each training size (the first N cells of one training set, so the sets are nested) it trains
+an NPE estimator and the MLP point regressor (``sbi_twins.baseline``) with the same settings and
+split, then evaluates on a fixed held-out synthetic test set (noise and artefacts on):
+
+* per parameter: R^2 and NRMSE of the NPE posterior mean and of the MLP estimate, and the
+  posterior contraction ``1 - var_post / var_prior`` (mean over test cells);
+* the NPE held-out log-likelihood: mean ``log q(theta_true | x)`` in parameter space.
+
+NRMSE = RMSE / (prior's 99% range), so 0.29 is what guessing the prior mean gives for a uniform
+parameter. A parameter with R^2 < 0.5 at the largest size is reported as not identified by the
+protocol.
+
+Usage::
+
+    python benchmarks/learning_curve.py --train DATA/train --test DATA/test \\
+        --sizes 1000 10000 100000 200000 [--max-epochs 200] [--samples 500]
+
+Writes ``benchmarks/results/learning_curve.json`` and ``learning_curve.png`` and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _r2_nrmse(estimate: np.ndarray, truth: np.ndarray, span: np.ndarray):
+    sse = ((estimate - truth) ** 2).mean(axis=0)
+    r2 = 1.0 - sse / truth.var(axis=0)
+    return r2, np.sqrt(sse) / span
+
+
+def evaluate_npe(estimator, test, n_samples: int, batch: int = 100) -> dict:
+    """Posterior means, contraction and log-likelihood of the true parameters on the test set."""
+    names = list(estimator.names)
+    truth = test.parameters[names].to_numpy()
+    prior_var = estimator.prior.sample(50_000, seed=3).to_numpy().var(axis=0)
+    means, contraction, loglik = [], [], []
+    for start in range(0, len(test), batch):
+        x = test.observations[start : start + batch]
+        z = estimator.sample_z(x, n_samples, seed=start)  # (n, B, D)
+        theta = estimator.prior.from_unbounded(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+        means.append(theta.mean(axis=0))
+        contraction.append(1.0 - theta.var(axis=0) / prior_var)
+        loglik.append(estimator.log_prob_batch(truth[start : start + batch], x))
+    return {
+        "mean": np.concatenate(means),
+        "contraction": np.concatenate(contraction).mean(axis=0),
+        "loglik": float(np.concatenate(loglik).mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=Path, required=True, help="training dataset")
+    parser.add_argument("--test", type=Path, required=True, help="held-out dataset (>= 2000)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 200_000])
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=500, help="posterior draws per cell")
+    parser.add_argument("--work", type=Path, default=RESULTS / "learning_curve_runs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json")
+    args = parser.parse_args()
+
+    from sbi_twins import open_dataset
+    from sbi_twins.baseline import train_point_regressor
+    from sbi_twins.train import TrainingConfig, train_estimator
+
+    test = open_dataset(args.test)
+    if len(test) < 2000:
+        print(f"warning: the test set has {len(test)} cells (< 2000)")
+    available = len(open_dataset(args.train))
+    rows, per_parameter = [], {}
+    for size in args.sizes:
+        if size > available:
+            print(f"skipping {size}: the training set has {available} cells so far")
+            continue
+        config = TrainingConfig(max_cells=size, max_epochs=args.max_epochs)
+        start = time.perf_counter()
+        estimator = train_estimator(args.train, args.work / f"npe_{size}", config)
+        npe_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        regressor = train_point_regressor(args.train, args.work / f"mlp_{size}.pt", config)
+        mlp_seconds = time.perf_counter() - start
+        names = list(estimator.names)
+        truth = test.parameters[names].to_numpy()
+        draws = estimator.prior.sample(100_000, seed=4).to_numpy()
+        span = np.quantile(draws, 0.995, axis=0) - np.quantile(draws, 0.005, axis=0)
+        npe = evaluate_npe(estimator, test, args.samples)
+        r2_npe, nrmse_npe = _r2_nrmse(npe["mean"], truth, span)
+        mlp = regressor.predict(test.observations[:])[names].to_numpy()
+        r2_mlp, nrmse_mlp = _r2_nrmse(mlp, truth, span)
+        per_parameter[size] = pd.DataFrame(
+            {
+                "r2_npe": r2_npe,
+                "r2_mlp": r2_mlp,
+                "nrmse_npe": nrmse_npe,
+                "nrmse_mlp": nrmse_mlp,
+                "contraction": npe["contraction"],
+            },
+            index=names,
+        )
+        rows.append(
+            {
+                "size": size,
+                "npe_epochs": estimator.manifest["validation"]["epochs"],
+                "npe_train_s": npe_seconds,
+                "mlp_train_s": mlp_seconds,
+                "heldout_loglik": npe["loglik"],
+                "mean_r2_npe": float(np.mean(r2_npe)),
+                "mean_r2_mlp": float(np.mean(r2_mlp)),
+                "npe_at_least_mlp": int(np.sum(r2_npe >= r2_mlp)),
+                "parameters": len(names),
+                "mean_contraction": float(np.mean(npe["contraction"])),
+            }
+        )
+        print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), flush=True)
+
+    if not rows:
+        raise SystemExit("no training size fits the training set")
+    largest = max(per_parameter)
+    table = per_parameter[largest].copy()
+    table["identified"] = np.where(table["r2_npe"] >= 0.5, "yes", "no")
+    print(f"\nper parameter at {largest} cells (sorted by NPE R^2):")
+    print(table.sort_values("r2_npe", ascending=False).to_markdown(floatfmt=".3f"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "train": str(args.train),
+                "test": str(args.test),
+                "test_cells": len(test),
+                "samples_per_cell": args.samples,
+                "rows": rows,
+                "per_parameter": {
+                    str(k): v.to_dict(orient="index") for k, v in per_parameter.items()
+                },
+            },
+            indent=1,
+        )
+    )
+    _plot(per_parameter, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _plot(per_parameter: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(per_parameter)
+    names = list(per_parameter[sizes[-1]].index)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for name in names:
+        npe = [per_parameter[s].loc[name, "r2_npe"] for s in sizes]
+        mlp = [per_parameter[s].loc[name, "r2_mlp"] for s in sizes]
+        line = axes[0].plot(sizes, npe, lw=0.8)[0]
+        axes[0].plot(sizes, mlp, lw=0.8, ls="--", color=line.get_color())
+    axes[0].set(
+        xscale="log",
+        xlabel="training cells",
+        ylabel="R² (solid NPE, dashed MLP)",
+        ylim=(-0.1, 1.0),
+        title="per-parameter R² on the held-out set",
+    )
+    final = per_parameter[sizes[-1]].sort_values("r2_npe")
+    axes[1].barh(range(len(final)), final["r2_npe"], label="NPE posterior mean")
+    axes[1].scatter(final["r2_mlp"], range(len(final)), color="k", s=8, label="MLP", zorder=3)
+    axes[1].set_yticks(range(len(final)), final.index, fontsize=5)
+    axes[1].set(xlabel="R²", title=f"{sizes[-1]} training cells", xlim=(-0.1, 1.0))
+    axes[1].legend(loc="lower right")
+    fig.savefig(path, dpi=130)
+
+
+if __name__ == "__main__":
+    main()
