@@ -334,8 +334,8 @@ def markdown(res: dict) -> str:
         ),
         "",
         (
-            f"### Against the SPEC §11 rule on 50-60 s (acceptance {100 * st['acceptance_rate']:.1f}"
-            " %)"
+            "### Against the SPEC §11 rule on 50-60 s "
+            f"(acceptance {100 * st['acceptance_rate']:.1f} %)"
         ),
         "",
         (

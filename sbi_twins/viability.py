@@ -395,7 +395,7 @@ class _Beats:
             verdict[r] = self._add_crossings(
                 cells[r], V[r], cols[starts[r] : starts[r + 1]] + 1, t0, dt, rules
             )
-        # A later beat has a time >= t_end, so once the pause reaches max_interval_ms it is too late.
+        # A later beat has a time >= t_end: once the pause reaches max_interval_ms it is too late.
         t_end = t0 + (V.shape[1] - 1) * dt
         last = np.where(self.n_beats[cells] > 0, self._last_time(cells), 0.0)
         pause = (verdict == "") & (t_end - last >= rules.max_interval_ms)
