@@ -27,12 +27,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +34,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "observation.json"
 
 MODEL = "kernik2019"
@@ -162,34 +159,8 @@ def bench_config(label, settings, protocol, traces, times, bounds, repeats) -> d
 
 
 # -------------------------------------------------------------------------------------------
-# Machine info and report
+# Report
 # -------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "git_commit": commit,
-    }
-
-
 def markdown(res: dict) -> str:
     cfg, m = res["config"], res["machine"]
     lines = [
@@ -261,24 +232,19 @@ def markdown(res: dict) -> str:
 
 # -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", type=int, default=None, help="cells (default 32)")
-    ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 4 cells, 2 repeats")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
-    args = ap.parse_args(argv)
-    n_cells = args.cells or (4 if args.quick else 32)
-    repeats = args.repeats or (2 if args.quick else 5)
-    if n_cells < 1 or repeats < 1:
-        ap.error("--cells and --repeats must be >= 1")
+    args, n_cells, repeats = _common.parse_args(
+        __doc__,
+        argv,
+        size=("cells", "cells", 4, 32),
+        repeats=(2, 5),
+        quick_help="smoke run: 4 cells, 2 repeats",
+        seed_help="seed of the prior draws",
+        default_out=DEFAULT_OUT,
+    )
 
     import sbi_twins
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    t_start = time.perf_counter()
+    log = _common.Log()
     protocol = sbi_twins.load_protocol(PROTOCOL)
     times = protocol.times(SAMPLE_MS)
     model = sbi_twins.load_model(MODEL)
@@ -310,7 +276,7 @@ def main(argv=None) -> int:
             "plateau_after_ms": PLATEAU_AFTER_MS,
             "noise_rms": NOISE_RMS,
         },
-        "machine": machine_info(),
+        "machine": _common.machine_info(),
         "simulation": {"ms_per_cell": 1e3 * sim_s / n_cells, "n_failed": int((~ok).sum())},
         "results": [],
     }
@@ -320,13 +286,7 @@ def main(argv=None) -> int:
         res["results"].append(
             bench_config(label, settings, protocol, traces, times, bounds, repeats)
         )
-    res["wall_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    res["markdown"] = text
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(text)
-    print(f"\nwrote {args.out}")
+    _common.write_results(res, markdown, args.out, log.elapsed())
     return 0
 
 

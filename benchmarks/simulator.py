@@ -24,25 +24,30 @@ median over repeats is reported, because the machine is shared and timings are n
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+from _common import finite_or_none as _f  # noqa: E402
+from _common import median as _median  # noqa: E402
+
+REPO = _common.REPO
 MODEL_FILE = REPO / "simulators" / "kernik2019.mmt"
 PARAMS_CSV = HERE / "kernik2019_in52_default.csv"
 DEFAULT_OUT = HERE / "results" / "simulator.json"
@@ -344,15 +349,6 @@ def ap_errors(feat: pd.DataFrame, ref: pd.DataFrame) -> dict:
     return out
 
 
-def _f(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _median(xs) -> float:
-    return float(np.median(np.asarray(xs, float)))
-
-
 # -------------------------------------------------------------------------------------------
 # Compile times (subprocesses)
 # -------------------------------------------------------------------------------------------
@@ -433,54 +429,6 @@ def measure_compile() -> dict:
 
 
 # -------------------------------------------------------------------------------------------
-# Machine info
-# -------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    import myokit
-    import numba
-
-    cpu = "unknown"
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1]
-    except OSError:
-        pass
-
-    def git(*args):
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "sbi_twins", "simulators")
-    try:
-        sundials = myokit.Sundials.version()
-    except Exception:
-        sundials = None
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "avx512f": " avx512f " in f" {flags} ",
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
-        "myokit": myokit.__version__,
-        "sundials": sundials,
-        "git_commit": git("rev-parse", "HEAD"),
-        "sbi_twins_or_models_modified": bool(status) if status is not None else None,
-    }
-
-
-# -------------------------------------------------------------------------------------------
 # Benchmarks
 # -------------------------------------------------------------------------------------------
 def warm_up(run) -> tuple:
@@ -492,9 +440,118 @@ def warm_up(run) -> tuple:
     return result, time.perf_counter() - t0, caught
 
 
-def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
+class MyokitRun(NamedTuple):
+    """What Myokit runs: the clamp (None: spontaneous activity) and what it logs, how often."""
+
+    protocol: object
+    duration_ms: float
+    interval_ms: float
+    var: str
+
+
+@dataclass
+class Comparison:
+    """Traces and timing summaries of one comparison of our simulator with Myokit."""
+
+    ours: np.ndarray
+    myokit: np.ndarray  # default tolerances, first timed repeat
+    reference: np.ndarray  # tight tolerances
+    tighter: np.ndarray  # tighter still, cell 0 only
+    reference_ms_per_cell: float
+    ours_summary: dict
+    myokit_summary: dict
+
+    @property
+    def speedup(self) -> float:
+        """Myokit's time per cell over ours, per core."""
+        return self.myokit_summary["ms_per_cell"] / self.ours_summary["ms_per_cell_1thread"]
+
+
+def compare_with_myokit(
+    ours,
+    params: pd.DataFrame,
+    run: MyokitRun,
+    repeats: int,
+    log,
+    label: str,
+    warm_up_msg: str,
+    no_logging: bool = False,
+) -> Comparison:
+    """Time ``ours`` (a batch) against Myokit's cell loop, alternately, and run the references.
+
+    Per-core times use 1 Numba thread, then ``ours`` is timed on 2; with ``no_logging`` Myokit
+    is also timed once without logging.
+    """
     import numba
 
+    protocol, duration_ms, interval_ms, var = run
+    n = len(params)
+    numba.set_num_threads(1)
+    log(warm_up_msg)
+    ours_traces, first_call_s, caught = warm_up(ours)
+
+    sim, myokit_compile_s = myokit_simulation(protocol)
+    ours_s, myokit_s = [], []
+    myokit_traces = None
+    for r in range(repeats):
+        ours_s += time_ours(ours, 1)
+        trace, per_cell = myokit_run(sim, params, duration_ms, interval_ms, var)
+        myokit_s.append(np.nansum(per_cell) / np.isfinite(per_cell).sum())
+        if myokit_traces is None:
+            myokit_traces = trace
+        log(
+            f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
+            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell"
+        )
+    if no_logging:
+        _, nolog = myokit_run(sim, params, duration_ms, interval_ms, var, log=False)
+
+    two = min(2, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(two)
+    ours()
+    ours_2t = time_ours(ours, repeats)
+    numba.set_num_threads(1)
+
+    log(f"{label}: tight-tolerance CVODE reference ...")
+    ref_sim, _ = myokit_simulation(protocol, TIGHT)
+    ref, ref_s = myokit_run(ref_sim, params, duration_ms, interval_ms, var)
+    tighter_sim, _ = myokit_simulation(protocol, TIGHTER)
+    tighter, _ = myokit_run(tighter_sim, params.iloc[:1], duration_ms, interval_ms, var)
+
+    ms_ours = 1e3 * _median(ours_s) / n
+    ms_myokit = 1e3 * _median(myokit_s)
+    myokit_summary = {
+        "compile_s": myokit_compile_s,
+        "ms_per_cell": ms_myokit,
+        "cells_per_s": 1e3 / ms_myokit,
+        "ms_per_cell_repeats": [1e3 * x for x in myokit_s],
+    }
+    if no_logging:
+        myokit_summary["ms_per_cell_no_logging"] = 1e3 * float(np.nanmedian(nolog))
+    myokit_summary["n_failed_cells"] = int((~np.isfinite(myokit_traces).all(axis=1)).sum())
+    return Comparison(
+        ours=ours_traces,
+        myokit=myokit_traces,
+        reference=ref,
+        tighter=tighter,
+        reference_ms_per_cell=1e3 * float(np.nanmedian(ref_s)),
+        ours_summary={
+            "first_call_s": first_call_s,
+            "ms_per_cell_1thread": ms_ours,
+            "cells_per_s_1thread": 1e3 / ms_ours,
+            "batch_s_1thread": ours_s,
+            "threads_2": two,
+            "cells_per_s_2threads": n / _median(ours_2t),
+            "batch_s_2threads": ours_2t,
+            "scaling_2threads": _median(ours_s) / _median(ours_2t),
+            "n_failed_cells": int((~np.isfinite(ours_traces).all(axis=1)).sum()),
+            "warnings": [str(w.message) for w in caught],
+        },
+        myokit_summary=myokit_summary,
+    )
+
+
+def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
     import sbi_twins
 
     protocol = sbi_twins.load_protocol(VC_PROTOCOL)
@@ -505,173 +562,71 @@ def bench_vc(model, params: pd.DataFrame, repeats: int, log) -> dict:
     def ours():
         return model.simulate_vc(protocol, pmap, VC_SAMPLE_MS)
 
-    numba.set_num_threads(1)
-    log(f"VC: {n} cells x {times.size} samples; warm-up call (compiles if not cached) ...")
-    i_ours, first_call_s, caught = warm_up(ours)
-    n_failed_ours = int((~np.isfinite(i_ours).all(axis=1)).sum())
-
-    sim, myokit_compile_s = myokit_simulation(protocol)
-    ours_s, myokit_s = [], []
-    i_myokit = None
-    for r in range(repeats):
-        ours_s += time_ours(ours, 1)
-        trace, per_cell = myokit_run(
-            sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion"
-        )
-        myokit_s.append(np.nansum(per_cell) / np.isfinite(per_cell).sum())
-        if i_myokit is None:
-            i_myokit = trace
-        log(
-            f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
-            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell"
-        )
-    _, nolog = myokit_run(
-        sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion", log=False
-    )
-
-    two = min(2, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(two)
-    ours()
-    ours_2t = time_ours(ours, repeats)
-    numba.set_num_threads(1)
-
-    log("VC: tight-tolerance CVODE reference ...")
-    ref_sim, _ = myokit_simulation(protocol, TIGHT)
-    i_ref, ref_s = myokit_run(ref_sim, params, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion")
-    tighter_sim, _ = myokit_simulation(protocol, TIGHTER)
-    i_tighter, _ = myokit_run(
-        tighter_sim, params.iloc[:1], protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion"
-    )
-
-    ms_ours = 1e3 * _median(ours_s) / n
-    ms_myokit = 1e3 * _median(myokit_s)
+    run = MyokitRun(protocol, protocol.duration_ms, VC_SAMPLE_MS, "membrane.i_ion")
+    msg = f"VC: {n} cells x {times.size} samples; warm-up call (compiles if not cached) ..."
+    c = compare_with_myokit(ours, params, run, repeats, log, "VC", msg, no_logging=True)
+    i_ref, i_tighter = c.reference, c.tighter
     return {
         "protocol": VC_PROTOCOL,
         "sample_interval_ms": VC_SAMPLE_MS,
         "n_samples": int(times.size),
         "n_cells": n,
         "repeats": repeats,
-        "ours": {
-            "first_call_s": first_call_s,
-            "ms_per_cell_1thread": ms_ours,
-            "cells_per_s_1thread": 1e3 / ms_ours,
-            "batch_s_1thread": ours_s,
-            "threads_2": two,
-            "cells_per_s_2threads": n / _median(ours_2t),
-            "batch_s_2threads": ours_2t,
-            "scaling_2threads": _median(ours_s) / _median(ours_2t),
-            "n_failed_cells": n_failed_ours,
-            "warnings": [str(w.message) for w in caught],
-        },
+        "ours": c.ours_summary,
         "myokit_default": {
-            "compile_s": myokit_compile_s,
-            "ms_per_cell": ms_myokit,
-            "cells_per_s": 1e3 / ms_myokit,
-            "ms_per_cell_repeats": [1e3 * x for x in myokit_s],
-            "ms_per_cell_no_logging": 1e3 * float(np.nanmedian(nolog)),
-            "n_failed_cells": int((~np.isfinite(i_myokit).all(axis=1)).sum()),
+            **c.myokit_summary,
             "tolerances": "myokit defaults (abs 1e-6, rel 1e-4, no max step)",
         },
         "reference": {
             **TIGHT,
-            "ms_per_cell": 1e3 * float(np.nanmedian(ref_s)),
+            "ms_per_cell": c.reference_ms_per_cell,
             "self_check_cell0_vs_tighter": {
                 **TIGHTER,
                 "max_abs": _f(np.abs(i_ref[0] - i_tighter[0]).max()),
                 "rms": _f(np.sqrt(np.mean((i_ref[0] - i_tighter[0]) ** 2))),
             },
         },
-        "speedup_ours_vs_myokit_per_core": ms_myokit / ms_ours,
+        "speedup_ours_vs_myokit_per_core": c.speedup,
         "accuracy": {
             "band": VC_BAND,
-            "ours": vc_errors(i_ours, i_ref),
-            "myokit_default": vc_errors(i_myokit, i_ref),
+            "ours": vc_errors(c.ours, i_ref),
+            "myokit_default": vc_errors(c.myokit, i_ref),
         },
         "alignment": check_alignment(protocol, times),
     }
 
 
 def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log) -> dict:
-    import numba
-
     n = len(params)
     pmap = params_mapping(params)
 
     def ours():
         return model.simulate_ap(pmap, duration_ms, AP_SAMPLE_MS)
 
-    numba.set_num_threads(1)
-    log(f"AP: {n} cells x {duration_ms / 1000:g} s; warm-up call ...")
-    v_ours, first_call_s, caught = warm_up(ours)
-
-    sim, myokit_compile_s = myokit_simulation()
-    ours_s, myokit_s = [], []
-    v_myokit = None
-    for r in range(repeats):
-        ours_s += time_ours(ours, 1)
-        trace, per_cell = myokit_run(sim, params, duration_ms, AP_SAMPLE_MS, "membrane.V")
-        myokit_s.append(np.nansum(per_cell) / np.isfinite(per_cell).sum())
-        if v_myokit is None:
-            v_myokit = trace
-        log(
-            f"  repeat {r + 1}/{repeats}: ours {1e3 * ours_s[-1] / n:.2f} ms/cell, "
-            f"myokit {1e3 * myokit_s[-1]:.1f} ms/cell"
-        )
-
-    two = min(2, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(two)
-    ours()
-    ours_2t = time_ours(ours, repeats)
-    numba.set_num_threads(1)
-
-    log("AP: tight-tolerance CVODE reference ...")
-    ref_sim, _ = myokit_simulation(None, TIGHT)
-    v_ref, ref_s = myokit_run(ref_sim, params, duration_ms, AP_SAMPLE_MS, "membrane.V")
-    tighter_sim, _ = myokit_simulation(None, TIGHTER)
-    v_tighter, _ = myokit_run(tighter_sim, params.iloc[:1], duration_ms, AP_SAMPLE_MS, "membrane.V")
-
-    f_ref, source = ap_feature_table(v_ref, AP_SAMPLE_MS)
-    f_ours, _ = ap_feature_table(v_ours, AP_SAMPLE_MS)
-    f_myokit, _ = ap_feature_table(v_myokit, AP_SAMPLE_MS)
-    f_tighter, _ = ap_feature_table(v_tighter, AP_SAMPLE_MS)
-    self_check = {c: _f(abs(f_ref[c].iloc[0] - f_tighter[c].iloc[0])) for c in AP_COMPARED}
+    run = MyokitRun(None, duration_ms, AP_SAMPLE_MS, "membrane.V")
+    msg = f"AP: {n} cells x {duration_ms / 1000:g} s; warm-up call ..."
+    c = compare_with_myokit(ours, params, run, repeats, log, "AP", msg)
+    f_ref, source = ap_feature_table(c.reference, AP_SAMPLE_MS)
+    f_ours, _ = ap_feature_table(c.ours, AP_SAMPLE_MS)
+    f_myokit, _ = ap_feature_table(c.myokit, AP_SAMPLE_MS)
+    f_tighter, _ = ap_feature_table(c.tighter, AP_SAMPLE_MS)
+    self_check = {k: _f(abs(f_ref[k].iloc[0] - f_tighter[k].iloc[0])) for k in AP_COMPARED}
     self_check["same_beats"] = bool(f_ref["n_beats"].iloc[0] == f_tighter["n_beats"].iloc[0])
-
-    ms_ours = 1e3 * _median(ours_s) / n
-    ms_myokit = 1e3 * _median(myokit_s)
     return {
         "duration_ms": duration_ms,
         "sample_interval_ms": AP_SAMPLE_MS,
-        "n_samples": int(v_ours.shape[1]),
+        "n_samples": int(c.ours.shape[1]),
         "n_cells": n,
         "repeats": repeats,
         "features_from": source,
-        "ours": {
-            "first_call_s": first_call_s,
-            "ms_per_cell_1thread": ms_ours,
-            "cells_per_s_1thread": 1e3 / ms_ours,
-            "batch_s_1thread": ours_s,
-            "threads_2": two,
-            "cells_per_s_2threads": n / _median(ours_2t),
-            "batch_s_2threads": ours_2t,
-            "scaling_2threads": _median(ours_s) / _median(ours_2t),
-            "n_failed_cells": int((~np.isfinite(v_ours).all(axis=1)).sum()),
-            "warnings": [str(w.message) for w in caught],
-            "settings": "simulate_ap defaults",
-        },
-        "myokit_default": {
-            "compile_s": myokit_compile_s,
-            "ms_per_cell": ms_myokit,
-            "cells_per_s": 1e3 / ms_myokit,
-            "ms_per_cell_repeats": [1e3 * x for x in myokit_s],
-            "n_failed_cells": int((~np.isfinite(v_myokit).all(axis=1)).sum()),
-        },
+        "ours": {**c.ours_summary, "settings": "simulate_ap defaults"},
+        "myokit_default": c.myokit_summary,
         "reference": {
             **TIGHT,
-            "ms_per_cell": 1e3 * float(np.nanmedian(ref_s)),
+            "ms_per_cell": c.reference_ms_per_cell,
             "self_check_cell0_vs_tighter": {**TIGHTER, **self_check},
         },
-        "speedup_ours_vs_myokit_per_core": ms_myokit / ms_ours,
+        "speedup_ours_vs_myokit_per_core": c.speedup,
         "accuracy": {
             "band": AP_BAND,
             "ours": ap_errors(f_ours, f_ref),
@@ -679,7 +634,7 @@ def bench_ap(model, params: pd.DataFrame, repeats: int, duration_ms: float, log)
         },
         "reference_features": {
             "n_beats": f_ref["n_beats"].tolist(),
-            "baseline_cell0": {c: _f(f_ref[c].iloc[0]) for c in f_ref.columns},
+            "baseline_cell0": {k: _f(f_ref[k].iloc[0]) for k in f_ref.columns},
         },
     }
 
@@ -834,30 +789,25 @@ def main(argv=None) -> int:
     if argv is None and CHILD_FLAG in sys.argv[1:]:
         compile_child()
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", type=int, default=None, help="cells per batch (default 32)")
-    ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 3 cells, 2 repeats, 2 s of AP")
-    ap.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="skip the cold/warm compile-time subprocesses (~1 min)",
+    args, n_cells, repeats = _common.parse_args(
+        __doc__,
+        argv,
+        size=("cells", "cells per batch", 3, 32),
+        repeats=(2, 5),
+        quick_help="smoke run: 3 cells, 2 repeats, 2 s of AP",
+        seed_help="seed of the parameter draws",
+        default_out=DEFAULT_OUT,
+        extra=lambda ap: ap.add_argument(
+            "--no-compile",
+            action="store_true",
+            help="skip the cold/warm compile-time subprocesses (~1 min)",
+        ),
     )
-    ap.add_argument("--seed", type=int, default=0, help="seed of the parameter draws")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
-    args = ap.parse_args(argv)
-    n_cells = args.cells or (3 if args.quick else 32)
-    repeats = args.repeats or (2 if args.quick else 5)
     ap_duration = 2000.0 if args.quick else AP_DURATION_MS
-    if n_cells < 1 or repeats < 1:
-        ap.error("--cells and --repeats must be >= 1")
 
     import sbi_twins
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    t_start = time.perf_counter()
+    log = _common.Log()
     params = draw_parameters(n_cells, args.seed)
     model = sbi_twins.load_model(str(MODEL_FILE))
     res = {
@@ -871,20 +821,18 @@ def main(argv=None) -> int:
             "model_file": str(MODEL_FILE.name),
             "kernel_module": getattr(model.kernels, "__name__", None),
         },
-        "machine": machine_info(),
+        "machine": _common.machine_info(
+            libraries=(_common.numba_info, _common.myokit_info),
+            avx512f=True,
+            watched_paths=("sbi_twins", "simulators"),
+        ),
     }
     res["vc"] = bench_vc(model, params, repeats, log)
     res["ap"] = bench_ap(model, params, repeats, ap_duration, log)
     if not args.no_compile:
         log("compile times: cold and warm subprocesses ...")
         res["compile"] = measure_compile()
-    res["wall_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    res["markdown"] = text
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(text)
-    print(f"\nwrote {args.out}")
+    _common.write_results(res, markdown, args.out, log.elapsed())
     return 0
 
 

@@ -26,13 +26,6 @@ warmed up before timing.
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
-import json
-import math
-import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -43,7 +36,12 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+from _common import finite_or_none as _f  # noqa: E402
+from _common import median as _median  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "viability.json"
 PRIOR = "kernik2019_pm40"
 BATCH = 50  # cells per call in the reference runs (bounds the memory of 0.1 ms traces)
@@ -66,50 +64,6 @@ def draw_parameters(model, n: int, seed: int) -> pd.DataFrame:
 
     theta = load_prior(PRIOR).sample(n, seed=seed)
     return theta[[c for c in theta.columns if c in model.parameter_names]]
-
-
-def machine_info() -> dict:
-    import numba
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def git(*args):
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "sbi_twins", "simulators", "priors")
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
-        "git_commit": git("rev-parse", "HEAD"),
-        "sbi_twins_or_models_modified": bool(status) if status is not None else None,
-    }
-
-
-def _f(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _median(xs) -> float:
-    return float(np.median(xs))
 
 
 # -------------------------------------------------------------------------------------------
@@ -362,24 +316,19 @@ def _fmt(x) -> str:
 
 # -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--draws", type=int, default=None, help="prior draws (default 200)")
-    ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 24 draws, 1 repeat")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
-    args = ap.parse_args(argv)
-    n = args.draws or (24 if args.quick else 200)
-    repeats = args.repeats or (1 if args.quick else 3)
-    if n < 1 or repeats < 1:
-        ap.error("--draws and --repeats must be >= 1")
+    args, n, repeats = _common.parse_args(
+        __doc__,
+        argv,
+        size=("draws", "prior draws", 24, 200),
+        repeats=(1, 3),
+        quick_help="smoke run: 24 draws, 1 repeat",
+        seed_help="seed of the prior draws",
+        default_out=DEFAULT_OUT,
+    )
 
     import sbi_twins
 
-    def log(msg):
-        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    t_start = time.perf_counter()
+    log = _common.Log()
     model = sbi_twins.load_model("kernik2019")
     theta = draw_parameters(model, n, args.seed)
     res = {
@@ -391,18 +340,15 @@ def main(argv=None) -> int:
             "prior": PRIOR,
             "parameters": list(theta.columns),
         },
-        "machine": machine_info(),
+        "machine": _common.machine_info(
+            libraries=(_common.numba_info,),
+            watched_paths=("sbi_twins", "simulators", "priors"),
+        ),
     }
     res["cost"], coarse = bench_cost(model, theta, repeats, log)
     res["numerics"] = bench_numerics(model, theta, coarse, log)
     res["study"] = bench_study(model, theta, log)
-    res["wall_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    res["markdown"] = text
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(text)
-    print(f"\nwrote {args.out}")
+    _common.write_results(res, markdown, args.out, log.elapsed())
     return 0
 
 

@@ -359,17 +359,7 @@ class KernelSource:
         copy_out = (
             "for k_c in range(LANES):\n    out[k_c0 + k_c, {slot}] = k_w[%d, k_c]" % rows["k_ion"]
         )
-        body = [
-            f"k_w = np.empty(({len(rows)}, LANES))",
-            "k_c0 = k_blk * LANES",
-            *init,
-            "k_out = 0",
-            "k_base = 0",
-            "k_nseg = seg_kind.shape[0]",
-            "for k_seg in range(k_nseg + 1):",
-            "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
-            "        k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end",
-            "    else:",
+        segment = [
             "        k_kind, k_n = seg_kind[k_seg], seg_nsteps[k_seg]",
             "        k_v0, k_t0 = seg_v0[k_seg], seg_t0[k_seg]",
             "    # steps span two base intervals on constant segments only (see docstring)",
@@ -409,21 +399,13 @@ class KernelSource:
             "                    k_out += 1",
             "        k_base += 2 if k_i < k_pairs else 1",
             "        k_tseg += k_h",
-            "for k_c in range(LANES):",
-            f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
         ]
         args = (
             "params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp, seg_freq, "
             "seg_phase, dt, stride, v_end, t_end, out, ok"
         )
-        return (
-            "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-            f"def _simulate_vc_block(k_blk, {args}):\n" + "\n".join(_indent(body, 1)) + "\n\n\n"
-            "@nb.njit(parallel=True, cache=True)\n"
-            f"def simulate_vc({args}):\n"
-            "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
-            "        # the cast keeps one signature: prange indices are sometimes typed uint64\n"
-            f"        _simulate_vc_block(nb.int64(k_blk), {args})\n"
+        return _lane_kernel(
+            "simulate_vc", args, rows, init, "k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end", segment
         )
 
     def artefact_kernel(self) -> str:
@@ -561,17 +543,7 @@ class KernelSource:
             f"    out[k_c0 + k_c, k_out] = k_w[{rows['k_rec']}, k_c]",
             f"    out_v[k_c0 + k_c, k_out] = k_w[{rows['k_vrec']}, k_c]",
         ]
-        body = [
-            f"k_w = np.empty(({len(rows)}, LANES))",
-            "k_c0 = k_blk * LANES",
-            *init,
-            "k_out = 0",
-            "k_base = 0",
-            "k_nseg = seg_kind.shape[0]",
-            "for k_seg in range(k_nseg + 1):",
-            "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
-            "        k_kind, k_n, k_v0 = 0, 1, v_end",
-            "    else:",
+        segment = [
             "        k_kind, k_n, k_v0 = seg_kind[k_seg], seg_nsteps[k_seg], seg_v0[k_seg]",
             "    k_i = 0",
             "    while k_i < k_n:",
@@ -592,22 +564,13 @@ class KernelSource:
             *_indent(finish, 2),
             "        k_base += k_m",
             "        k_i += k_m",
-            "for k_c in range(LANES):",
-            f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
         ]
         args = (
             "params, y0, nuisance, seg_kind, seg_nsteps, seg_v0, seg_v1, seg_amp, "
             "seg_freq, seg_phase, dt, stride, n_dense, v_start, v_end, out, out_v, ok"
         )
-        return (
-            "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
-            f"def _simulate_artefact_block(k_blk, {args}):\n"
-            + "\n".join(_indent(body, 1))
-            + "\n\n\n"
-            "@nb.njit(parallel=True, cache=True)\n"
-            f"def simulate_artefact({args}):\n"
-            "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
-            f"        _simulate_artefact_block(nb.int64(k_blk), {args})\n"
+        return _lane_kernel(
+            "simulate_artefact", args, rows, init, "k_kind, k_n, k_v0 = 0, 1, v_end", segment
         )
 
     def ap_kernel(self) -> str:
@@ -688,6 +651,41 @@ class KernelSource:
             + "\n\n"
             + self.ap_kernel()
         )
+
+
+def _lane_kernel(
+    name: str, args: str, rows: dict[str, int], init: list[str], last: str, segment: list[str]
+) -> str:
+    """A clamp kernel over blocks of ``LANES`` cells, plus its parallel driver over blocks.
+
+    ``init`` fills the work array; ``segment`` is the loop body for one protocol segment (its
+    first lines read the segment's kind, step count and start voltage); ``last`` sets those for
+    the final sample, which is run as a one-step constant segment.
+    """
+    body = [
+        f"k_w = np.empty(({len(rows)}, LANES))",
+        "k_c0 = k_blk * LANES",
+        *init,
+        "k_out = 0",
+        "k_base = 0",
+        "k_nseg = seg_kind.shape[0]",
+        "for k_seg in range(k_nseg + 1):",
+        "    if k_seg == k_nseg:  # the final sample, as a one-step constant segment",
+        f"        {last}",
+        "    else:",
+        *segment,
+        "for k_c in range(LANES):",
+        f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
+    ]
+    return (
+        "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
+        f"def _{name}_block(k_blk, {args}):\n" + "\n".join(_indent(body, 1)) + "\n\n\n"
+        "@nb.njit(parallel=True, cache=True)\n"
+        f"def {name}({args}):\n"
+        "    for k_blk in nb.prange(out.shape[0] // LANES):\n"
+        "        # the cast keeps one signature: prange indices are sometimes typed uint64\n"
+        f"        _{name}_block(nb.int64(k_blk), {args})\n"
+    )
 
 
 def _batched(name: str, args: str, body: list[str]) -> str:

@@ -211,7 +211,6 @@ class CellModel:
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms / 2)
         theta = self.parameter_matrix(params)
         y0 = self._initial_states(initial_state, theta.shape[0])
-        segs = protocol.segments
         n_cells = theta.shape[0]
         n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
         out = np.empty((n_padded, times.size))
@@ -219,14 +218,7 @@ class CellModel:
         self.kernels.simulate_vc(
             theta,
             y0,
-            np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
-            nsteps,
-            protocol.edges_ms[:-1],
-            np.array([s.v_start_mV for s in segs], float),
-            np.array([s.v_end_mV for s in segs], float),
-            np.array([s.amplitude_mV for s in segs], float),
-            np.array([s.frequency_hz for s in segs], float),
-            np.array([s.phase_rad for s in segs], float),
+            *_segment_arrays(protocol, nsteps, with_start_times=True),
             h,
             stride,
             float(protocol.voltage(np.array([times[-1]]))[0]),
@@ -299,7 +291,6 @@ class CellModel:
         if not (np.isfinite(clamp).all() and (clamp[:, 0] > 0).all()):
             raise ValueError("clamp values must be finite, with tau_ms > 0")
         y0 = self._initial_states(initial_state, n_cells)
-        segs = protocol.segments
         n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES
         out = np.empty((n_padded, times.size))
         out_v = np.empty((n_padded, times.size))
@@ -308,13 +299,7 @@ class CellModel:
             theta,
             y0,
             np.ascontiguousarray(clamp),
-            np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
-            nsteps,
-            np.array([s.v_start_mV for s in segs], float),
-            np.array([s.v_end_mV for s in segs], float),
-            np.array([s.amplitude_mV for s in segs], float),
-            np.array([s.frequency_hz for s in segs], float),
-            np.array([s.phase_rad for s in segs], float),
+            *_segment_arrays(protocol, nsteps, with_start_times=False),
             h,
             stride,
             math.ceil(dense_ms / h - 1e-9),
@@ -471,6 +456,23 @@ def _clamp_grid(
     h = common * _TIME_QUANTUM_MS / substeps
     nsteps = np.array([u // common * substeps for u in units], dtype=np.int64)
     return h, sample_units // common * substeps, nsteps
+
+
+def _segment_arrays(protocol: Protocol, nsteps: np.ndarray, with_start_times: bool) -> list:
+    """The per-segment arrays the clamp kernels take: kind, steps, (start times,) start and end
+    voltages, sine amplitude, frequency and phase."""
+    segs = protocol.segments
+    starts = [protocol.edges_ms[:-1]] if with_start_times else []
+    return [
+        np.array([_SEGMENT_KIND[s.kind] for s in segs], dtype=np.int64),
+        nsteps,
+        *starts,
+        np.array([s.v_start_mV for s in segs], float),
+        np.array([s.v_end_mV for s in segs], float),
+        np.array([s.amplitude_mV for s in segs], float),
+        np.array([s.frequency_hz for s in segs], float),
+        np.array([s.phase_rad for s in segs], float),
+    ]
 
 
 def _flag_failures(out: np.ndarray, ok: np.ndarray) -> np.ndarray:

@@ -336,36 +336,34 @@ def _parse_entry(
         if not numeric or not math.isfinite(value):
             raise ValueError(f"{where}: '{field}' must be a finite number, got {value!r}")
         values[field] = float(value)
+    _check_bounds(distribution, values, where)
     if section == "recording":
         return _recording_entry(name, distribution, values, where)
     baseline = values.pop("baseline", float(defaults[name]))
     if distribution != "fixed" and baseline == 0:
         raise ValueError(f"{where}: baseline is 0, so a multiplier cannot vary it; give 'baseline'")
+    if distribution == "uniform" and values["low"] < 0:
+        raise ValueError(f"{where}: a multiplier range must not include negative values")
+    if distribution == "fixed":
+        values["value"] = values.get("value", baseline)
+    return ParameterPrior(name, distribution, baseline, **values)
+
+
+def _check_bounds(distribution: str, values: dict, where: str) -> None:
+    """Bounds in order, positive for log-uniform, sigma positive."""
     if "low" in values and not values["low"] < values["high"]:
         low, high = values["low"], values["high"]
         raise ValueError(f"{where}: bounds inverted or empty (low {low} >= high {high})")
     if distribution == "log_uniform" and values["low"] <= 0:
         raise ValueError(f"{where}: log_uniform needs 0 < low, got {values['low']}")
-    if distribution == "uniform" and values["low"] < 0:
-        raise ValueError(f"{where}: a multiplier range must not include negative values")
     if distribution == "log_normal" and values["sigma"] <= 0:
         raise ValueError(f"{where}: sigma must be > 0, got {values['sigma']}")
-    if distribution == "fixed":
-        values["value"] = values.get("value", baseline)
-    return ParameterPrior(name, distribution, baseline, **values)
 
 
 def _recording_entry(name: str, distribution: str, values: dict, where: str) -> ParameterPrior:
     """A recording parameter: the distribution is on the value (baseline 1), within its range."""
     if "baseline" in values:
         raise ValueError(f"{where}: recording parameters take no 'baseline'")
-    if "low" in values and not values["low"] < values["high"]:
-        low, high = values["low"], values["high"]
-        raise ValueError(f"{where}: bounds inverted or empty (low {low} >= high {high})")
-    if distribution == "log_uniform" and values["low"] <= 0:
-        raise ValueError(f"{where}: log_uniform needs 0 < low, got {values['low']}")
-    if distribution == "log_normal" and values["sigma"] <= 0:
-        raise ValueError(f"{where}: sigma must be > 0, got {values['sigma']}")
     lowest, highest, closed = RANGES[name.removeprefix(PREFIX)]
     ends = [values[f] for f in ("low", "high", "value") if f in values]
     for end in ends:

@@ -178,26 +178,31 @@ def cvode_vc(random_params, step_ramp_protocol) -> np.ndarray:
     v.set_rhs(myokit.parse_expression("xclamp.v0 + xclamp.slope * (engine.time - xclamp.t0)", v))
     sim = _cvode(model)
     proto = step_ramp_protocol
-    times = proto.times(0.1)
-    edges = proto.edges_ms
-    out = np.empty((N_RANDOM, times.size))
+    out = np.empty((N_RANDOM, proto.times(0.1).size))
     for cell in range(N_RANDOM):
         _set_params(sim, random_params, cell)
-        logged = []
-        for k, seg in enumerate(proto.segments):
-            last = k == len(proto.segments) - 1
-            sim.set_constant("xclamp.v0", seg.v_start_mV)
-            sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
-            sim.set_constant("xclamp.t0", edges[k])
-            sim.set_time(edges[k])
-            upto = edges[k + 1] + (1e-6 if last else -1e-6)
-            log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
-            # The last (step) segment runs a little past the end to log the final sample.
-            duration = seg.duration_ms + (0.05 if last else 0.0)
-            d = sim.run(duration, log=[i_ion], log_times=log_times)
-            logged.append(np.asarray(d[i_ion]))
-        out[cell] = np.concatenate(logged)
+        out[cell] = _run_segments(sim, proto, i_ion)
     return out
+
+
+def _run_segments(sim: myokit.Simulation, proto: Protocol, logged: str) -> np.ndarray:
+    """Run ``sim`` through the protocol one segment at a time (setting ``xclamp.v0``,
+    ``slope`` and ``t0``) and return ``logged`` on ``proto.times(0.1)``."""
+    times, edges = proto.times(0.1), proto.edges_ms
+    parts = []
+    for k, seg in enumerate(proto.segments):
+        last = k == len(proto.segments) - 1
+        sim.set_constant("xclamp.v0", seg.v_start_mV)
+        sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
+        sim.set_constant("xclamp.t0", edges[k])
+        sim.set_time(edges[k])
+        upto = edges[k + 1] + (1e-6 if last else -1e-6)
+        log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
+        # The last (step) segment runs a little past the end to log the final sample.
+        duration = seg.duration_ms + (0.05 if last else 0.0)
+        d = sim.run(duration, log=[logged], log_times=log_times)
+        parts.append(np.asarray(d[logged]))
+    return np.concatenate(parts)
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +289,7 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
     recorded.set_rhs(myokit.parse_expression(f"(vest + voff - {v.qname()}) / tau", clamp))
     sim = _cvode(model)
     proto = step_ramp_protocol
-    times, edges = proto.times(0.1), proto.edges_ms
-    out = np.empty((N_RANDOM, times.size))
+    out = np.empty((N_RANDOM, proto.times(0.1).size))
     for cell in range(N_RANDOM):
         _set_params(sim, random_params, cell)
         voff = ARTEFACT_CLAMPS[cell][1]
@@ -295,19 +299,7 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
         state = sim.state()
         state[v.index()] = -80.0 + voff
         sim.set_state(state)
-        logged = []
-        for k, seg in enumerate(proto.segments):
-            last = k == len(proto.segments) - 1
-            sim.set_constant("xclamp.v0", seg.v_start_mV)
-            sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
-            sim.set_constant("xclamp.t0", edges[k])
-            sim.set_time(edges[k])
-            upto = edges[k + 1] + (1e-6 if last else -1e-6)
-            log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
-            duration = seg.duration_ms + (0.05 if last else 0.0)
-            d = sim.run(duration, log=["xclamp.rec"], log_times=log_times)
-            logged.append(np.asarray(d["xclamp.rec"]))
-        out[cell] = np.concatenate(logged)
+        out[cell] = _run_segments(sim, proto, "xclamp.rec")
     return out
 
 
