@@ -25,3 +25,19 @@ def test_unknown_model_is_a_clean_error(tmp_path, capsys):
     assert main(["demo", "--model", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown" in err and "kernik2019" in err and "Traceback" not in err
+
+
+def test_simulate_bad_input_is_a_clean_error(tmp_path, capsys):
+    assert main(["simulate", "-n", "0", "--out", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert "n must be a positive integer" in err and "Traceback" not in err
+    args = ["simulate", "-n", "1", "--out", str(tmp_path), "--prior", "missing_prior"]
+    assert main(args) == 2
+    assert "unknown prior 'missing_prior'" in capsys.readouterr().err
+
+
+def test_fit_with_a_missing_estimator_is_a_clean_error(tmp_path, capsys):
+    trace = tmp_path / "cell.npy"
+    np.save(trace, np.zeros(10))
+    assert main(["fit", str(trace), "--estimator", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown estimator 'nope'" in capsys.readouterr().err
