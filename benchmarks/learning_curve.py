@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +68,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 200_000])
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--samples", type=int, default=500, help="posterior draws per cell")
-    parser.add_argument("--work", type=Path, default=RESULTS / "learning_curve_runs")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "sbi-twins-learning-curve",
+        help="where the trained estimators and checkpoints go (rerun resumes them)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json")
     args = parser.parse_args()
 
