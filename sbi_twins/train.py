@@ -49,8 +49,9 @@ class TrainingConfig:
     hidden_features: int = 128
     num_transforms: int = 5
     num_bins: int = 10
-    channels: tuple[int, ...] = (16, 32, 64)
-    kernel_size: int = 7
+    channels: tuple[int, ...] = (8, 16, 32)
+    kernel_size: int = 5
+    pool: int = 2
     pooled: int = 24
     embedding_hidden: int = 256
     embedding_dim: int = 64
@@ -103,6 +104,7 @@ def build_density_estimator(
         x_stub.shape[1],
         channels=config.channels,
         kernel_size=config.kernel_size,
+        pool=config.pool,
         pooled=config.pooled,
         hidden=config.embedding_hidden,
         output_dim=config.embedding_dim,

@@ -63,18 +63,21 @@ duration_ms = 50
 v_mV = -120
 """
 
+# Measured on this problem: with early stopping after 5 flat epochs training stopped at epoch 29
+# with R^2(g_Na) = 0.64; with 15 it ran to epoch 97 and reached 0.987.
 SMALL = TrainingConfig(
     hidden_features=32,
     num_transforms=3,
     num_bins=8,
     channels=(8, 16),
+    kernel_size=7,
     pooled=16,
     embedding_hidden=64,
     embedding_dim=16,
     batch_size=128,
     learning_rate=2e-3,
-    max_epochs=40,
-    stop_after_epochs=5,
+    max_epochs=100,
+    stop_after_epochs=15,
 )
 
 
@@ -122,8 +125,8 @@ def test_g_na_is_recovered_and_calibrated(estimator, datasets):
     coverage = np.mean(inside)
     r2 = 1 - np.mean((np.array(means) - truth) ** 2) / truth.var()
     print(f"g_Na: 90% interval coverage {coverage:.2f}, R2 of the posterior mean {r2:.3f}")
-    assert 0.8 <= coverage <= 0.98
-    assert r2 > 0.5
+    assert 0.8 <= coverage <= 0.99
+    assert r2 > 0.9
 
 
 def test_summary_and_inference_data(estimator, datasets):
@@ -192,7 +195,7 @@ def test_training_resumes_from_its_checkpoint(datasets, files):
 
 
 def test_mlp_point_regressor_learns_g_na(datasets, files):
-    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 20})
+    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 30})
     regressor = train_point_regressor(
         datasets[0].directory, files / "mlp.pt", config, progress=False
     )
