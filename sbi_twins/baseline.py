@@ -19,7 +19,7 @@ from torch import nn
 
 from .embedding import transform_observations
 from .simulate import open_dataset
-from .train import StreamingData, TrainingConfig, _dataset_prior, fit_streaming
+from .train import StreamingData, TrainingConfig, dataset_prior, fit_streaming
 
 
 class PointRegressor(nn.Module):
@@ -68,7 +68,7 @@ def train_point_regressor(
     """
     config = config or TrainingConfig()
     ds = open_dataset(dataset)
-    prior = _dataset_prior(ds)
+    prior = dataset_prior(ds)
     data = StreamingData(ds, prior, config)
     draws = prior.sample(100_000, seed=0).to_numpy()
     mean, scale = draws.mean(axis=0), draws.std(axis=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -104,6 +105,13 @@ class Estimator:
         xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
         return [CellPosterior(self, x) for x in xs]
 
+    @functools.cached_property
+    def prior_variance(self) -> pd.Series:
+        """Variance of each parameter under the prior (from 50,000 draws), the reference of
+        posterior contraction."""
+        draws = self.prior.sample(50_000, seed=1)
+        return draws.var(ddof=1)[list(self.names)]
+
     def posteriors(self, observations: np.ndarray) -> list[CellPosterior]:
         """Posteriors for observation vectors (N, L) that are already reduced by
         :attr:`scheme` (e.g. rows of a dataset's ``observations``)."""
@@ -174,7 +182,7 @@ class CellPosterior:
         import arviz as az
 
         samples = self.sample(n, seed)
-        prior_draws = self.estimator.prior.sample(20_000, seed=1)
+        prior_variance = self.estimator.prior_variance
         rows = {}
         for name in self.names:
             values = samples[name].to_numpy()
@@ -184,7 +192,7 @@ class CellPosterior:
                 "sd": values.std(ddof=1),
                 "hdi_low": low,
                 "hdi_high": high,
-                "contraction": 1.0 - values.var(ddof=1) / prior_draws[name].var(ddof=1),
+                "contraction": 1.0 - values.var(ddof=1) / prior_variance[name],
             }
         return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -27,6 +27,7 @@ directory is refused with a list of what differs.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -562,12 +563,12 @@ class Dataset:
         picked = [v[s == 0] for v, s in zip(values, status, strict=True)]
         return np.concatenate(picked)[: self._n] if picked else np.empty(0)
 
-    @property
+    @functools.cached_property
     def parameters(self) -> pd.DataFrame:
         theta = self._accepted("theta").reshape(-1, len(self.names))
         return pd.DataFrame(theta, columns=list(self.names))
 
-    @property
+    @functools.cached_property
     def seeds(self) -> np.ndarray:
         return self._accepted("seeds")
 

@@ -316,7 +316,7 @@ def train_estimator(
             f"dataset {ds.directory} is incomplete ({len(ds)} cells so far); finish it by "
             "rerunning its `sbi-twins simulate` command, or train on fewer cells (max_cells)"
         )
-    prior = _dataset_prior(ds)
+    prior = dataset_prior(ds)
     data = StreamingData(ds, prior, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def train_estimator(
     return load_estimator(out)
 
 
-def _dataset_prior(ds: Dataset) -> Prior:
+def dataset_prior(ds: Dataset) -> Prior:
     """The prior a dataset was drawn from, rebuilt from its manifest (checked by hash)."""
     recorded = ds.manifest["prior"]
     prior = prior_from_dict(recorded)
