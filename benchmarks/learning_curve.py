@@ -90,7 +90,10 @@ def main() -> None:
         if size > available:
             print(f"skipping {size}: the training set has {available} cells so far")
             continue
-        config = TrainingConfig(max_cells=size, max_epochs=args.max_epochs)
+        # The full set trains with max_cells=None, exactly as `sbi-twins train` does, so an
+        # estimator trained by that command into WORK/npe_<size> is reused rather than retrained.
+        max_cells = size if size < available else None
+        config = TrainingConfig(max_cells=max_cells, max_epochs=args.max_epochs)
         start = time.perf_counter()
         estimator = train_estimator(args.train, args.work / f"npe_{size}", config)
         npe_seconds = time.perf_counter() - start

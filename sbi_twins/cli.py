@@ -8,64 +8,56 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import _resources
-from .model import load_model
-from .protocol import load_protocol
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Simulate one cell under a clamp protocol and spontaneously; print and plot the result."""
-    import matplotlib
+    """Simulate an example cell recorded with the estimator's protocol, fit it, compare the
+    posterior with the truth and the cell's twins; print the summary and write the results."""
+    from .demo import compare_with_truth, example_cell, plot_demo, simulate_cells
+    from .estimator import load_estimator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .features import ap_features
-
-    model = load_model(args.model)
-    protocol = load_protocol(args.protocol)
-    print(f"model    {model}")
-    print(
-        f"protocol {protocol.name}: {len(protocol.segments)} segments, {protocol.duration_ms:g} ms"
-    )
-
-    start = time.perf_counter()
-    current = model.simulate_vc(protocol, sample_interval_ms=args.sample_interval)[0]
-    vc_s = time.perf_counter() - start
-    times = protocol.times(args.sample_interval)
-    start = time.perf_counter()
-    voltage = model.simulate_ap(duration_ms=args.ap_duration, sample_interval_ms=0.5)[0]
-    ap_s = time.perf_counter() - start
-    print(
-        f"voltage clamp: {times.size} samples in {vc_s:.2f} s (includes compilation on first "
-        f"use); I_ion from {current.min():.2f} to {current.max():.2f}"
-    )
-    features = ap_features(voltage, 0.5).iloc[0]
-    print(f"spontaneous activity, {args.ap_duration:g} ms in {ap_s:.2f} s:")
-    for name in ("n_beats", "CL", "APD90", "APD50", "MDP", "peak"):
-        print(f"  {name:8s} {features[name]:9.2f}")
-
+    estimator = load_estimator(args.estimator)
+    print(estimator)
+    truth, trace = example_cell(estimator, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out / "baseline_cell.npz",
-        t_ms=times,
-        v_cmd_mV=protocol.voltage(times),
-        i_ion=current,
-        ap_t_ms=np.arange(voltage.size) * 0.5,
-        ap_V_mV=voltage,
+    times = estimator.protocol.times(estimator.sample_interval_ms)
+    pd.DataFrame(
+        {"time_ms": times, "command_mV": estimator.protocol.voltage(times), "current_pA_pF": trace}
+    ).to_csv(out / "example_cell.csv", index=False)
+    truth.to_csv(out / "example_cell_parameters.csv", header=["value"], index_label="parameter")
+    print(
+        f"example cell (seed {args.seed}): a viable prior draw recorded with "
+        f"{estimator.protocol.name}, {trace.size} samples -> {out / 'example_cell.csv'}"
     )
-    fig, axes = plt.subplots(3, 1, figsize=(11, 8), constrained_layout=True)
-    axes[0].plot(times / 1000, protocol.voltage(times), lw=0.8)
-    axes[0].set(ylabel="command (mV)", title=f"{model.name} under {protocol.name}")
-    axes[1].plot(times / 1000, current, lw=0.5)
-    axes[1].set(ylabel="I_ion (pA/pF)", xlabel="time (s)")
-    axes[1].set_ylim(np.percentile(current, 0.5) - 5, np.percentile(current, 99.5) + 5)
-    axes[2].plot(np.arange(voltage.size) * 0.5e-3, voltage, lw=0.8)
-    axes[2].set(ylabel="V (mV)", xlabel="time (s)", title="spontaneous activity")
-    fig.savefig(out / "baseline_cell.png", dpi=120)
-    print(f"wrote {out / 'baseline_cell.png'} and {out / 'baseline_cell.npz'}")
+
+    start = time.perf_counter()
+    posterior = estimator.fit(trace)
+    summary = posterior.save(out, args.samples, seed=args.seed)
+    seconds = time.perf_counter() - start
+    table = compare_with_truth(summary, truth)
+    _print_summary(table)
+    print(
+        f"fitted in {seconds:.1f} s; true value inside the 94% HDI for {table['in_hdi'].sum()} "
+        f"of {len(table)} parameters"
+    )
+
+    twins = posterior.sample(args.twins, seed=args.seed + 1)
+    simulated = simulate_cells(estimator, pd.concat([truth.to_frame().T, twins]), args.seed)
+    plot_demo(
+        out / "twins.png",
+        estimator,
+        posterior.sample(args.samples, args.seed),
+        truth,
+        trace,
+        simulated,
+    )
+    print(
+        f"wrote samples.csv, summary.csv, posterior.nc and twins.png ({args.twins} twins) to {out}"
+    )
     return 0
 
 
@@ -126,8 +118,6 @@ def _read_trace(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path)
     if path.suffix == ".csv":
-        import pandas as pd
-
         return pd.read_csv(path).iloc[:, -1].to_numpy(dtype=float)
     raise ValueError(f"{path}: expected a .npy or .csv trace (pA/pF on the protocol's grid)")
 
@@ -140,27 +130,29 @@ def _fit(args: argparse.Namespace) -> int:
     trace = _read_trace(Path(args.recording))
     start = time.perf_counter()
     posterior = estimator.fit(trace, sample_interval_ms=args.sample_interval)
-    samples = posterior.sample(args.samples, seed=args.seed)
-    summary = posterior.summary(args.samples, seed=args.seed)
+    summary = posterior.save(args.out, args.samples, seed=args.seed)
     seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    samples.to_csv(out / "samples.csv", index=False)
-    summary.to_csv(out / "summary.csv", index_label="parameter")
-    posterior.to_inference_data(args.samples, seed=args.seed).to_netcdf(str(out / "posterior.nc"))
     _print_summary(summary)
-    print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {out}")
+    print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {args.out}")
     return 0
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary: pd.DataFrame) -> None:
+    """The summary sorted by contraction; with a ``true`` column if there is one."""
     ordered = summary.sort_values("contraction", ascending=False)
-    print(f"{'parameter':32s} {'mean':>10s} {'sd':>10s} {'94% HDI':>23s} {'contraction':>11s}")
+    truth = "true" in ordered
+    print(
+        f"{'parameter':32s} {'mean':>10s} {'sd':>10s} {'94% HDI':>23s} {'contraction':>11s}"
+        + (f" {'true':>10s}" if truth else "")
+    )
     for name, row in ordered.iterrows():
         print(
             f"{name:32s} {row['mean']:10.4g} {row['sd']:10.3g} "
             f"[{row['hdi_low']:10.4g}, {row['hdi_high']:10.4g}] {row['contraction']:11.2f}"
+            + (f" {row['true']:10.4g}{'' if row['in_hdi'] else ' *'}" if truth else "")
         )
+    if truth:
+        print("(* true value outside the 94% HDI)")
     pinned = (ordered["contraction"] >= 0.5).sum()
     loose = (ordered["contraction"] < 0.1).sum()
     print(
@@ -184,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="simulate the baseline cell under a clamp protocol and spontaneously"
+        "demo",
+        help="simulate an example cell recorded with the default estimator's protocol, fit it and "
+        "compare the posterior and the cell's digital twins with the truth",
     )
-    demo.add_argument("--model", default="kernik2019", help="bundled name or .mmt path")
-    demo.add_argument("--protocol", default="clark2022", help="bundled name or .toml path")
-    demo.add_argument("--sample-interval", type=float, default=0.1, help="ms (default 0.1)")
-    demo.add_argument("--ap-duration", type=float, default=10_000, help="ms (default 10000)")
+    demo.add_argument("--estimator", default="default", help="estimator directory or bundled name")
+    demo.add_argument("--seed", type=int, default=0, help="the example cell's seed")
+    demo.add_argument("--samples", type=int, default=10_000, help="posterior draws")
+    demo.add_argument("--twins", type=int, default=20, help="twins simulated for the figure")
     demo.add_argument("--out", default="out", help="output folder (default ./out)")
     demo.set_defaults(run=_demo)
 

@@ -1,6 +1,7 @@
 """The ``sbi-twins`` command line."""
 
 import numpy as np
+import pandas as pd
 
 from sbi_twins.cli import main
 
@@ -11,18 +12,28 @@ def test_list_shows_bundled_models_and_protocols(capsys):
     assert "kernik2019" in out and "hh1952" in out and "clark2022" in out
 
 
-def test_demo_writes_plot_and_traces(tmp_path, capsys):
-    code = main(["demo", "--model", "hh1952", "--ap-duration", "100", "--out", str(tmp_path)])
+def test_demo_fits_an_example_cell_with_the_bundled_estimator(tmp_path, capsys):
+    """The main job end to end: the bundled default estimator's posterior of an unseen cell is
+    consistent with its true parameters (about 94% of them inside the 94% HDI)."""
+    code = main(["demo", "--samples", "2000", "--twins", "3", "--out", str(tmp_path)])
     assert code == 0
-    assert (tmp_path / "baseline_cell.png").stat().st_size > 10_000
-    with np.load(tmp_path / "baseline_cell.npz") as data:
-        assert data["i_ion"].shape == data["t_ms"].shape == (114_552,)
-        assert np.isfinite(data["i_ion"]).all()
-    assert "APD90" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pinned down" in out
+    summary = pd.read_csv(tmp_path / "summary.csv", index_col="parameter")
+    truth = pd.read_csv(tmp_path / "example_cell_parameters.csv", index_col="parameter")["value"]
+    assert len(summary) == len(truth) == 59
+    inside = (truth >= summary["hdi_low"]) & (truth <= summary["hdi_high"])
+    assert inside.sum() >= 50  # expected 55.5 of 59 for a calibrated posterior, sd 1.8
+    assert summary.loc["ina.g_Na", "contraction"] > 0.5
+    assert pd.read_csv(tmp_path / "samples.csv").shape == (2000, 59)
+    recording = pd.read_csv(tmp_path / "example_cell.csv")
+    assert recording.shape == (114_552, 3) and np.isfinite(recording.to_numpy()).all()
+    assert (tmp_path / "twins.png").stat().st_size > 20_000
+    assert (tmp_path / "posterior.nc").exists()
 
 
 def test_unknown_model_is_a_clean_error(tmp_path, capsys):
-    assert main(["demo", "--model", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["simulate", "-n", "1", "--model", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown" in err and "kernik2019" in err and "Traceback" not in err
 
