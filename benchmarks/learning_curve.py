@@ -6,7 +6,9 @@ split, then evaluates on a fixed held-out synthetic test set (noise and artefact
 
 * per parameter: R^2 and NRMSE of the NPE posterior mean and of the MLP estimate, and the
   posterior contraction ``1 - var_post / var_prior`` (mean over test cells);
-* the NPE held-out log-likelihood: mean ``log q(theta_true | x)`` in parameter space.
+* the NPE held-out log-likelihood: mean ``log q(theta_true | x)`` in parameter space;
+* calibration: the fraction of test cells whose true value lies in the central 90% posterior
+  interval (0.9 for a calibrated posterior; lower means over-confident, higher under-confident).
 
 NRMSE = RMSE / (prior's 99% range), so 0.29 is what guessing the prior mean gives for a uniform
 parameter. A parameter with R^2 < 0.5 at the largest size is reported as not identified by the
@@ -46,7 +48,7 @@ def evaluate_npe(estimator, test, n_samples: int, batch: int = 100) -> dict:
     names = list(estimator.names)
     truth = test.parameters[names].to_numpy()
     prior_var = estimator.prior_variance.to_numpy()
-    means, contraction, loglik = [], [], []
+    means, contraction, loglik, inside = [], [], [], []
     for start in range(0, len(test), batch):
         x = test.observations[start : start + batch]
         z = estimator.sample_z(x, n_samples, seed=start)  # (n, B, D)
@@ -54,9 +56,14 @@ def evaluate_npe(estimator, test, n_samples: int, batch: int = 100) -> dict:
         means.append(theta.mean(axis=0))
         contraction.append(1.0 - theta.var(axis=0) / prior_var)
         loglik.append(estimator.log_prob_batch(truth[start : start + batch], x))
+        low, high = np.quantile(theta, [0.05, 0.95], axis=0)
+        inside.append(
+            (low <= truth[start : start + batch]) & (truth[start : start + batch] <= high)
+        )
     return {
         "mean": np.concatenate(means),
         "contraction": np.concatenate(contraction).mean(axis=0),
+        "coverage90": np.concatenate(inside).mean(axis=0),
         "loglik": float(np.concatenate(loglik).mean()),
     }
 
@@ -115,6 +122,7 @@ def main() -> None:
                 "nrmse_npe": nrmse_npe,
                 "nrmse_mlp": nrmse_mlp,
                 "contraction": npe["contraction"],
+                "coverage90": npe["coverage90"],
             },
             index=names,
         )
@@ -130,6 +138,7 @@ def main() -> None:
                 "npe_at_least_mlp": int(np.sum(r2_npe >= r2_mlp)),
                 "parameters": len(names),
                 "mean_contraction": float(np.mean(npe["contraction"])),
+                "mean_coverage90": float(np.mean(npe["coverage90"])),
             }
         )
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), flush=True)

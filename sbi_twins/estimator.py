@@ -115,8 +115,7 @@ class Estimator:
             raise ValueError(
                 f"the model file {model.path} has changed since this estimator was trained "
                 f"(sha256 {model.file_hash[:12]}..., trained with {recorded['file_sha256'][:12]}"
-                "...); "
-                "simulate with the original file or retrain the estimator"
+                "...); simulate with the original file or retrain the estimator"
             )
         return model
 
@@ -137,6 +136,8 @@ class Estimator:
             Indexed by (cell, parameter); columns as :meth:`CellPosterior.summary`, from ``n``
             draws per cell.
         """
+        if not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 (draws per cell), got {n!r}")
         xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
         tables = []
         for start in range(0, len(xs), batch_size):

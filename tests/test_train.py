@@ -207,6 +207,14 @@ def test_fit_takes_full_rate_traces_and_checks_them(estimator):
         estimator.fit(coarse, sample_interval_ms=0.2)
 
 
+def test_cell_model_of_a_changed_model_file_is_refused(estimator):
+    assert estimator.cell_model().name == "kernik2019"
+    again = load_estimator(estimator.path)
+    again.manifest["model"]["file_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="has changed since this estimator was trained"):
+        again.cell_model()
+
+
 def test_estimator_of_another_format_is_refused(estimator, tmp_path):
     data = torch.load(estimator.path / "estimator.pt", weights_only=False)
     data["manifest"]["format"] = 99
