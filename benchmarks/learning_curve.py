@@ -111,6 +111,7 @@ def main() -> None:
         truth = test.parameters[names].to_numpy()
         draws = estimator.prior.sample(100_000, seed=4).to_numpy()
         span = np.quantile(draws, 0.995, axis=0) - np.quantile(draws, 0.005, axis=0)
+        estimator.check_dataset(test)
         npe = evaluate_npe(estimator, test, args.samples)
         r2_npe, nrmse_npe = _r2_nrmse(npe["mean"], truth, span)
         mlp = regressor.predict(test.observations[:])[names].to_numpy()

@@ -18,6 +18,7 @@ from .model import CellModel, load_model
 from .observation import ObservationScheme
 from .prior import Prior
 from .protocol import Protocol, Segment
+from .simulate import Dataset, manifest_differences
 from .train import BUNDLE_FORMAT, TrainingConfig, build_density_estimator, prior_from_dict
 
 #: Probability mass of the highest-density intervals in :meth:`CellPosterior.summary`.
@@ -105,6 +106,19 @@ class Estimator:
         """Posteriors of several cells, traces (N, T)."""
         xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
         return [CellPosterior(self, x) for x in xs]
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Refuse a dataset made with another model file, prior, protocol, observation scheme or
+        recording model than this estimator's training set (the message lists what differs)."""
+        keys = ("model", "prior", "protocol", "observation", "recording")
+        differences = manifest_differences(
+            {k: self.manifest[k] for k in keys}, {k: dataset.manifest[k] for k in keys}
+        )
+        if differences:
+            raise ValueError(
+                f"dataset {dataset.directory} was not made like this estimator's training set "
+                "(estimator vs dataset):\n  " + "\n  ".join(differences)
+            )
 
     def cell_model(self) -> CellModel:
         """The cell model the estimator was trained on (refused if its file has changed since,

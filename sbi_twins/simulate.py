@@ -359,7 +359,7 @@ def _prepare(directory: Path, manifest: dict[str, Any]) -> None:
     path = directory / _MANIFEST
     if path.exists():
         existing = json.loads(path.read_text())
-        differences = _differences(existing, manifest)
+        differences = manifest_differences(existing, manifest)
         if differences:
             raise DatasetMismatchError(
                 f"{directory} holds a dataset made with other settings; refusing to mix. "
@@ -378,8 +378,9 @@ def _prepare(directory: Path, manifest: dict[str, Any]) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _differences(existing: dict, requested: dict, where: str = "") -> list[str]:
-    """Human-readable list of the fields that differ between two manifests."""
+def manifest_differences(existing: dict, requested: dict, where: str = "") -> list[str]:
+    """Human-readable list of the fields that differ between two manifests (or parts of them),
+    e.g. ``["protocol: clark2022 (hash 3f2a...) vs staircase (hash 91bc...)"]``."""
     out = []
     for key in sorted(set(existing) | set(requested)):
         a, b = existing.get(key), requested.get(key)
@@ -388,7 +389,7 @@ def _differences(existing: dict, requested: dict, where: str = "") -> list[str]:
             if key in ("prior", "protocol", "observation") and a.get("hash") != b.get("hash"):
                 out.append(f"{label}: {_short(a)} vs {_short(b)}")
             else:
-                out += _differences(a, b, label + ".")
+                out += manifest_differences(a, b, label + ".")
         elif a != b:
             out.append(f"{label}: {_short(a)} vs {_short(b)}")
     return out

@@ -207,6 +207,21 @@ def test_fit_takes_full_rate_traces_and_checks_them(estimator):
         estimator.fit(coarse, sample_interval_ms=0.2)
 
 
+def test_dataset_made_otherwise_is_refused(estimator, datasets, files):
+    estimator.check_dataset(datasets[1])  # made like the training set: accepted
+    (files / "other.toml").write_text(textwrap.dedent(PROTOCOL).replace("v_mV = 20", "v_mV = 30"))
+    spec = DatasetSpec(
+        prior=str(files / "prior.toml"),
+        protocol=str(files / "other.toml"),
+        seed=3,
+        chunk_size=5,
+        viability=None,
+    )
+    other = simulate_dataset(files / "other", 5, spec, workers=1, progress=False)
+    with pytest.raises(ValueError, match="not made like this estimator's training set"):
+        estimator.check_dataset(other)
+
+
 def test_cell_model_of_a_changed_model_file_is_refused(estimator):
     assert estimator.cell_model().name == "kernik2019"
     again = load_estimator(estimator.path)
