@@ -156,7 +156,14 @@ def plot_demo(
     position = _prior_position(estimator, samples[names])
     true_position = _prior_position(estimator, truth[names].to_frame().T)[0]
     rows = list(range(len(names)))
-    ax.boxplot(position, vert=False, positions=rows, whis=(3, 97), showfliers=False, widths=0.6)
+    ax.boxplot(
+        position,
+        orientation="horizontal",
+        positions=rows,
+        whis=(3, 97),
+        showfliers=False,
+        widths=0.6,
+    )
     ax.scatter(true_position, rows, color="C3", s=10, zorder=3, label="true value")
     ax.set_yticks(rows, names, fontsize=5)
     ax.invert_yaxis()

