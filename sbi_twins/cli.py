@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     posterior = estimator.fit(trace)
-    summary = posterior.save(out, args.samples, seed=args.seed)
+    samples, summary = posterior.save(out, args.samples, seed=args.seed)
     seconds = time.perf_counter() - start
     table = compare_with_truth(summary, truth)
     _print_summary(table)
@@ -50,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
     plot_demo(
         out / "twins.png",
         estimator,
-        posterior.sample(args.samples, args.seed),
+        samples,
         truth,
         trace,
         simulated,
@@ -130,7 +130,7 @@ def _fit(args: argparse.Namespace) -> int:
     trace = _read_trace(Path(args.recording))
     start = time.perf_counter()
     posterior = estimator.fit(trace, sample_interval_ms=args.sample_interval)
-    summary = posterior.save(args.out, args.samples, seed=args.seed)
+    _, summary = posterior.save(args.out, args.samples, seed=args.seed)
     seconds = time.perf_counter() - start
     _print_summary(summary)
     print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {args.out}")

@@ -50,6 +50,7 @@ class Estimator:
         self._flow.load_state_dict(state_dict)
         self._flow.eval()
         self._z_prior = self.prior.unbounded_distribution()
+        self._cell_model: CellModel | None = None
 
     def __repr__(self) -> str:
         return (
@@ -123,6 +124,8 @@ class Estimator:
     def cell_model(self) -> CellModel:
         """The cell model the estimator was trained on (refused if its file has changed since,
         because the posterior would then describe another model)."""
+        if self._cell_model is not None:  # loading reads the file and the kernel cache
+            return self._cell_model
         recorded = self.manifest["model"]
         model = load_model(recorded["name"])
         if model.file_hash != recorded["file_sha256"]:
@@ -131,6 +134,7 @@ class Estimator:
                 f"(sha256 {model.file_hash[:12]}..., trained with {recorded['file_sha256'][:12]}"
                 "...); simulate with the original file or retrain the estimator"
             )
+        self._cell_model = model
         return model
 
     def summaries(
@@ -259,9 +263,11 @@ class CellPosterior:
 
         return az.from_dict(posterior={k: samples[k].to_numpy()[None, :] for k in self.names})
 
-    def save(self, directory: str | os.PathLike, n: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    def save(
+        self, directory: str | os.PathLike, n: int = 10_000, seed: int = 0
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Write ``samples.csv``, ``summary.csv`` and ``posterior.nc`` (arviz InferenceData),
-        all from the same ``n`` draws, to ``directory``; return the summary."""
+        all from the same ``n`` draws, to ``directory``; return the draws and the summary."""
         samples = self.sample(n, seed)
         summary = self._summarise(samples)
         out = Path(directory)
@@ -269,7 +275,7 @@ class CellPosterior:
         samples.to_csv(out / "samples.csv", index=False)
         summary.to_csv(out / "summary.csv", index_label="parameter")
         self._inference_data(samples).to_netcdf(str(out / "posterior.nc"))
-        return summary
+        return samples, summary
 
 
 def hdi(samples: np.ndarray, prob: float = HDI_PROB) -> tuple[np.ndarray, np.ndarray]:
