@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .embedding import transform_observations
+from .embedding import dense_stack, transform_observations
 from .simulate import open_dataset
 from .train import StreamingData, TrainingConfig, dataset_prior, fit_streaming
 
@@ -27,12 +27,8 @@ class PointRegressor(nn.Module):
 
     def __init__(self, length: int, n_outputs: int, hidden: tuple[int, ...] = (512, 256, 128)):
         super().__init__()
-        layers: list[nn.Module] = []
-        previous = length
-        for width in hidden:
-            layers += [nn.Linear(previous, width), nn.GELU()]
-            previous = width
-        self.net = nn.Sequential(*layers, nn.Linear(previous, n_outputs))
+        stack, width = dense_stack(length, hidden)
+        self.net = nn.Sequential(*stack, nn.Linear(width, n_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(transform_observations(x))

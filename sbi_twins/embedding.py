@@ -2,10 +2,14 @@
 
 Observations (:mod:`sbi_twins.observation`) are window means of the recorded current in pA/pF.
 Their range is wide (INa peaks of -300 next to plateau currents of 0.1), so the network sees
-``asinh(x / 1 pA/pF)``: linear for small currents, logarithmic for large ones, sign kept. The
-positions of an observation vector are not interchangeable (each window belongs to a protocol
-segment), so after the convolutions, which learn local waveform features (transients, tails),
-the pooled feature map is flattened into a position-aware linear head.
+``asinh(x / 1 pA/pF)``: linear for small currents, logarithmic for large ones, sign kept.
+
+Two branches read it. The convolutions learn local waveform features (transients, tails) that
+recur across protocol segments; their pooled feature map is flattened into a position-aware
+head, since each window belongs to one segment. Pooling makes the CNN cheap enough for 10^5-10^6
+traces on a CPU but blurs exact positions, so a fully connected branch reads the full-resolution
+vector as well (the reference study's point estimator is such a network alone, and beat a
+CNN-only embedding on most parameters; see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ def transform_observations(x: torch.Tensor) -> torch.Tensor:
     return torch.asinh(x / CURRENT_SCALE)
 
 
+def dense_stack(inputs: int, widths: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """Linear + GELU layers of the given widths, and the width of their output."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(inputs, width), nn.GELU()]
+        inputs = width
+    return nn.Sequential(*layers), inputs
+
+
 class TraceEmbedding(nn.Module):
-    """1-D CNN over an observation vector, sized for CPU training.
+    """1-D CNN plus a fully connected branch over an observation vector, sized for CPU training.
 
     Parameters
     ----------
@@ -35,14 +48,15 @@ class TraceEmbedding(nn.Module):
         Convolution kernel size (odd).
     pool : int
         Max-pooling factor after each convolution. Pooling early keeps the cost per trace low
-        (about 1.6 M multiply-adds per trace at L = 1552 with the defaults), which is what
-        makes training on 10^5-10^6 traces possible on a CPU.
+        (about 1.6 M multiply-adds per trace at L = 1552 with the defaults).
     pooled : int
-        Positions kept by the adaptive average pooling before the linear head.
+        Positions kept by the adaptive average pooling before the CNN's linear layer.
+    dense : tuple of int
+        Widths of the fully connected branch on the full-resolution input (empty: CNN only).
     hidden : int
-        Width of the hidden linear layer.
+        Width of the layer that joins the two branches.
     output_dim : int
-        Number of features passed to the flow.
+        Number of features passed on.
     """
 
     def __init__(
@@ -52,6 +66,7 @@ class TraceEmbedding(nn.Module):
         kernel_size: int = 5,
         pool: int = 2,
         pooled: int = 24,
+        dense: tuple[int, ...] = (512, 256),
         hidden: int = 256,
         output_dim: int = 64,
     ):
@@ -66,10 +81,10 @@ class TraceEmbedding(nn.Module):
                 nn.MaxPool1d(pool),
             ]
             previous = width
-        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(pooled))
+        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(pooled), nn.Flatten())
+        self.dense, dense_width = dense_stack(length, dense) if dense else (None, 0)
         self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(previous * pooled, hidden),
+            nn.Linear(previous * pooled + dense_width, hidden),
             nn.GELU(),
             nn.Linear(hidden, output_dim),
         )
@@ -79,4 +94,8 @@ class TraceEmbedding(nn.Module):
             raise ValueError(
                 f"expected observations of shape (batch, {self.length}), got {tuple(x.shape)}"
             )
-        return self.head(self.conv(transform_observations(x).unsqueeze(1)))
+        u = transform_observations(x)
+        features = self.conv(u.unsqueeze(1))
+        if self.dense is not None:
+            features = torch.cat([features, self.dense(u)], dim=1)
+        return self.head(features)

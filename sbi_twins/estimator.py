@@ -19,7 +19,7 @@ from .observation import ObservationScheme
 from .prior import Prior
 from .protocol import Protocol, Segment
 from .simulate import Dataset, manifest_differences
-from .train import BUNDLE_FORMAT, TrainingConfig, build_density_estimator, prior_from_dict
+from .train import BUNDLE_FORMAT, TrainingConfig, build_network, prior_from_dict
 
 #: Probability mass of the highest-density intervals in :meth:`CellPosterior.summary`.
 HDI_PROB = 0.94
@@ -42,13 +42,9 @@ class Estimator:
         self.sample_interval_ms: float = obs["sample_interval_ms"]
         self.scheme = ObservationScheme.from_dict(obs, self.protocol)
         config = TrainingConfig.from_dict(manifest["training"])
-        z_stub = torch.zeros(2, len(self.names))
-        x_stub = torch.zeros(2, len(self.scheme))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # sbi warns about the stub's zero variance
-            self._flow = build_density_estimator(config, z_stub, x_stub)
-        self._flow.load_state_dict(state_dict)
-        self._flow.eval()
+        self._network = build_network(config, len(self.scheme), self.prior)
+        self._network.load_state_dict(state_dict)
+        self._network.eval()
         self._z_prior = self.prior.unbounded_distribution()
         self._cell_model: CellModel | None = None
 
@@ -197,7 +193,7 @@ class Estimator:
             warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             if seed is not None:
                 torch.manual_seed(seed)
-            z = self._flow.sample((n,), condition=torch.as_tensor(x, dtype=torch.float32))
+            z = self._network.sample(n, torch.as_tensor(x, dtype=torch.float32))
         return z.numpy().astype(float)
 
     def log_prob_batch(self, theta: np.ndarray, observations: np.ndarray) -> np.ndarray:
@@ -208,7 +204,7 @@ class Estimator:
             warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             zt = torch.as_tensor(z, dtype=torch.float32)
             condition = torch.as_tensor(observations, dtype=torch.float32)
-            log_q = self._flow.log_prob(zt[None], condition=condition)[0].numpy()
+            log_q = self._network.log_prob(zt, condition).numpy()
             log_prior_z = self._z_prior.log_prob(zt).numpy()
         return log_q + log_prior - log_prior_z
 

@@ -224,7 +224,13 @@ class Prior:
         ``log_prob``, ``event_shape`` (D,)). Imports torch on first use."""
         from ._torch_prior import StandardPrior
 
-        return StandardPrior(self._log_normal)
+        return StandardPrior(self.log_normal)
+
+    @property
+    def log_normal(self) -> np.ndarray:
+        """True for log-normal parameters (their ``z`` is standard normal), False for
+        (log-)uniform ones (``z`` is the logit of the position within the bounds)."""
+        return self._log_normal.copy()
 
     # -- helpers -------------------------------------------------------------------------------
     def _as_array(self, theta: np.ndarray | pd.DataFrame) -> np.ndarray:

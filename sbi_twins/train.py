@@ -1,26 +1,30 @@
 """Training from a dataset on disk, streamed: never more than a batch of observations in memory.
 
 sbi's ``append_simulations`` path copies the data and peaks near five times its size, so a
-1.1M-cell set would not fit in 24 GB. Instead the density estimator that sbi builds
-(``posterior_nn``: a normalising flow with our embedding net) is trained by a small loop of ours
-on its own ``loss`` (the round-0 NPE loss sbi uses), over blocks of rows read from the memory-mapped
-shards. Rows of a dataset are independent prior draws, so contiguous blocks in shuffled order are
+1.1M-cell set would not fit in 24 GB. Instead a small loop of ours trains in two stages
+(:mod:`sbi_twins.network`): the summary network by regression, over blocks of rows read from the
+memory-mapped shards, then the flow that sbi builds (``posterior_nn``) on its own ``loss`` (the
+round-0 NPE loss sbi uses), over the summaries of all rows (a few hundred bytes per cell, held in
+memory). Rows of a dataset are independent prior draws, so contiguous blocks in shuffled order are
 as good as shuffled rows and read sequentially from disk.
 
 The flow models ``z = prior.to_unbounded(theta)``: every sample maps back inside the prior's
 bounds, so no posterior mass leaks out and no rejection sampling is needed.
 
-Training is resumable: a checkpoint (weights, optimiser, epoch, best state, early-stopping
-counter) is written atomically after every epoch; rerunning the same command continues from it.
+Training is resumable: each stage writes a checkpoint (weights, optimiser, epoch, best state,
+early-stopping counter) atomically after every epoch; rerunning the same command continues from
+it.
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,11 +35,15 @@ import torch
 from torch import nn
 
 from .embedding import TraceEmbedding
+from .network import PosteriorNetwork, SummaryNetwork
 from .prior import Prior
 from .simulate import Dataset, open_dataset
 
 #: Version of the estimator file layout; a file of another format is refused.
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+
+#: Checkpoint files of the two training stages, in an estimator's output directory.
+CHECKPOINTS = {"summary": "summary_checkpoint.pt", "flow": "flow_checkpoint.pt"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class TrainingConfig:
     """Network sizes and optimisation settings (defaults sized for CPU training).
 
     ``max_cells`` trains on the first ``max_cells`` cells of the dataset only (learning curves).
+    ``max_epochs`` and ``stop_after_epochs`` apply to each of the two stages.
     """
 
     flow: str = "nsf"
@@ -53,6 +62,7 @@ class TrainingConfig:
     kernel_size: int = 5
     pool: int = 2
     pooled: int = 24
+    dense: tuple[int, ...] = (512, 256)
     embedding_hidden: int = 256
     embedding_dim: int = 64
     batch_size: int = 256
@@ -67,7 +77,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("flow", "channels", "max_cells"):
+            if f.name in ("flow", "channels", "dense", "max_cells"):
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"TrainingConfig.{f.name} must be a number >= 0, got {value!r}")
@@ -79,6 +89,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["channels"] = list(self.channels)
+        data["dense"] = list(self.dense)
         return data
 
     @classmethod
@@ -88,41 +99,78 @@ class TrainingConfig:
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; valid: {sorted(known)}")
         data = dict(data)
-        if "channels" in data:
-            data["channels"] = tuple(data["channels"])
+        for name in ("channels", "dense"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
 
-def build_density_estimator(
-    config: TrainingConfig, theta_stub: torch.Tensor, x_stub: torch.Tensor
-) -> nn.Module:
-    """sbi's conditional flow over ``z`` with our embedding net, built from example batches
-    (which set the flow's standardisation of ``z`` and the shapes)."""
-    from sbi.neural_nets import posterior_nn
-
+def build_summary(config: TrainingConfig, length: int, prior: Prior) -> SummaryNetwork:
+    """The summary network (embedding and regression head) for observations of ``length``."""
     embedding = TraceEmbedding(
-        x_stub.shape[1],
+        length,
         channels=config.channels,
         kernel_size=config.kernel_size,
         pool=config.pool,
         pooled=config.pooled,
+        dense=config.dense,
         hidden=config.embedding_hidden,
         output_dim=config.embedding_dim,
     )
+    return SummaryNetwork(embedding, len(prior.names), prior.log_normal)
+
+
+def build_flow(config: TrainingConfig, u_stub: torch.Tensor, context_stub: torch.Tensor):
+    """sbi's conditional flow over ``u = z - anchor``, built from example batches (which set its
+    standardisation of ``u`` and of the context)."""
+    from sbi.neural_nets import posterior_nn
+
     builder = posterior_nn(
         model=config.flow,
         hidden_features=config.hidden_features,
         num_transforms=config.num_transforms,
         num_bins=config.num_bins,
-        embedding_net=embedding,
         z_score_theta="independent",
-        z_score_x="none",  # the embedding's asinh transform is the standardisation of x
+        z_score_x="independent",
     )
-    return builder(theta_stub, x_stub)
+    return builder(u_stub, context_stub)
 
 
-class StreamingData:
-    """Training and validation rows of a dataset, served in blocks.
+def build_network(config: TrainingConfig, length: int, prior: Prior) -> PosteriorNetwork:
+    """An untrained network of the right shapes, to load a trained state into."""
+    n = len(prior.names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sbi warns about the stubs' zero variance
+        flow = build_flow(config, torch.zeros(2, n), torch.zeros(2, config.embedding_dim + n))
+    return PosteriorNetwork(build_summary(config, length, prior), flow)
+
+
+class RowBlocks(abc.ABC):
+    """Training rows (the first ``n_train``) and validation rows (the rest), in batches."""
+
+    n_train: int
+    n_validation: int
+    batch_size: int
+
+    @abc.abstractmethod
+    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``start:stop`` as (target, input) tensors."""
+
+    def training_batches(self, epoch: int, seed: int):
+        """Blocks of the training rows in an order fixed by ``(seed, epoch)``."""
+        starts = np.arange(0, self.n_train, self.batch_size)
+        order = np.random.default_rng([seed, epoch]).permutation(starts.size)
+        for k in order:
+            yield self._block(starts[k], min(starts[k] + self.batch_size, self.n_train))
+
+    def validation_batches(self):
+        n = self.n_train + self.n_validation
+        for start in range(self.n_train, n, self.batch_size):
+            yield self._block(start, min(start + self.batch_size, n))
+
+
+class StreamingData(RowBlocks):
+    """Training and validation rows of a dataset, served in blocks of ``(z, x)``.
 
     Parameters
     ----------
@@ -149,23 +197,33 @@ class StreamingData:
         x = np.asarray(self.observations[start:stop], dtype=np.float32)
         return self.z[start:stop], torch.from_numpy(x)
 
-    def training_batches(self, epoch: int, seed: int):
-        """Blocks of the training rows in an order fixed by ``(seed, epoch)``."""
-        starts = np.arange(0, self.n_train, self.batch_size)
-        order = np.random.default_rng([seed, epoch]).permutation(starts.size)
-        for k in order:
-            yield self._block(starts[k], min(starts[k] + self.batch_size, self.n_train))
 
-    def validation_batches(self):
-        n = self.n_train + self.n_validation
-        for start in range(self.n_train, n, self.batch_size):
-            yield self._block(start, min(start + self.batch_size, n))
+class SummarisedData(RowBlocks):
+    """The rows of :class:`StreamingData` as ``(z - anchor, context)`` from a trained summary
+    network, computed once and held in memory (same split and batch size)."""
+
+    def __init__(self, data: StreamingData, summary: SummaryNetwork, device: str = "cpu"):
+        self.n_train, self.n_validation = data.n_train, data.n_validation
+        self.batch_size = data.batch_size
+        summary.eval()
+        residuals, contexts = [], []
+        with torch.no_grad():
+            for start in range(0, data.n_train + data.n_validation, 1024):
+                z, x = data._block(start, min(start + 1024, data.n_train + data.n_validation))
+                context, anchor = summary.context(x.to(device))
+                residuals.append(z - anchor.cpu())
+                contexts.append(context.cpu())
+        self.u = torch.cat(residuals)
+        self.context = torch.cat(contexts)
+
+    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.u[start:stop], self.context[start:stop]
 
 
 def fit_streaming(
     module: nn.Module,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    data: StreamingData,
+    data: RowBlocks,
     config: TrainingConfig,
     checkpoint: Path,
     *,
@@ -262,7 +320,7 @@ def fit_streaming(
     }
 
 
-def _validation_loss(module, loss, data: StreamingData, device: str) -> float:
+def _validation_loss(module, loss, data: RowBlocks, device: str) -> float:
     module.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -294,7 +352,7 @@ def train_estimator(
         A dataset directory written by ``sbi-twins simulate``.
     out : path
         Output directory: ``estimator.pt`` (weights + manifest), ``manifest.json`` and
-        ``training_log.csv``; ``checkpoint.pt`` while training (rerun to resume).
+        ``training_log.csv``; one checkpoint per stage while training (rerun to resume).
     config : TrainingConfig, optional
         Network and optimisation settings.
     device : str
@@ -320,25 +378,41 @@ def train_estimator(
     data = StreamingData(ds, prior, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    identity = _training_identity(ds, config)
-    _check_checkpoint_identity(out, identity)
+    _check_checkpoint_identity(out, _training_identity(ds, config))
     torch.manual_seed(config.seed)
-    z_stub, x_stub = data._block(0, min(data.n_train, 4096))
-    estimator = build_density_estimator(config, z_stub, x_stub)
-    result = fit_streaming(
-        estimator,
-        lambda z, x: estimator.loss(z, condition=x),
+    summary = build_summary(config, ds.observations.shape[1], prior)
+    stage1 = fit_streaming(
+        summary,
+        summary.loss,
         data,
         config,
-        out / "checkpoint.pt",
+        out / CHECKPOINTS["summary"],
         device=device,
         progress=progress,
-        label="NPE",
+        label="NPE 1/2 summary",
     )
-    manifest = _bundle_manifest(ds, prior, config, result, data)
-    _save_atomic(out / "estimator.pt", {"state_dict": result["best_state"], "manifest": manifest})
+    summary.load_state_dict(stage1["best_state"])
+    summarised = SummarisedData(data, summary, device)
+    u_stub, context_stub = summarised._block(0, min(data.n_train, 4096))
+    torch.manual_seed(config.seed)
+    flow = build_flow(config, u_stub, context_stub)
+    stage2 = fit_streaming(
+        flow,
+        lambda u, context: flow.loss(u, condition=context),
+        summarised,
+        config,
+        out / CHECKPOINTS["flow"],
+        device=device,
+        progress=progress,
+        label="NPE 2/2 flow",
+    )
+    flow.load_state_dict(stage2["best_state"])
+    network = PosteriorNetwork(summary, flow).cpu()
+    stages = {"summary": stage1, "flow": stage2}
+    manifest = _bundle_manifest(ds, prior, config, stages, data)
+    _save_atomic(out / "estimator.pt", {"state_dict": network.state_dict(), "manifest": manifest})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _write_log(out / "training_log.csv", result["history"])
+    _write_log(out / "training_log.csv", stages)
     return load_estimator(out)
 
 
@@ -369,18 +443,18 @@ def _training_identity(ds: Dataset, config: TrainingConfig) -> str:
 def _check_checkpoint_identity(out: Path, identity: str) -> None:
     """A checkpoint is resumed only by the same dataset and settings."""
     marker = out / "checkpoint.identity"
-    if (out / "checkpoint.pt").exists():
+    if any((out / name).exists() for name in CHECKPOINTS.values()):
         if not marker.exists() or marker.read_text() != identity:
             raise ValueError(
                 f"{out} holds a checkpoint of another training run (other dataset or "
-                "settings); use another --out or delete its checkpoint.pt"
+                "settings); use another --out or delete its checkpoints"
             )
     else:
         marker.write_text(identity)
 
 
 def _bundle_manifest(
-    ds: Dataset, prior: Prior, config: TrainingConfig, result: dict, data: StreamingData
+    ds: Dataset, prior: Prior, config: TrainingConfig, stages: dict, data: StreamingData
 ) -> dict[str, Any]:
     from . import __version__
 
@@ -404,8 +478,10 @@ def _bundle_manifest(
         },
         "training": config.to_dict(),
         "validation": {
-            "best_loss": result["best_validation_loss"],
-            "epochs": result["epochs"],
+            "best_loss": stages["flow"]["best_validation_loss"],
+            "epochs": stages["flow"]["epochs"],
+            "summary_best_loss": stages["summary"]["best_validation_loss"],
+            "summary_epochs": stages["summary"]["epochs"],
         },
         "versions": {"sbi_twins": __version__, "torch": torch.__version__, "sbi": _sbi_version()},
     }
@@ -417,10 +493,13 @@ def _sbi_version() -> str:
     return sbi.__version__
 
 
-def _write_log(path: Path, history: list[dict]) -> None:
-    lines = ["epoch,training_loss,validation_loss,seconds"]
+def _write_log(path: Path, stages: dict[str, dict]) -> None:
+    """Loss per epoch of each stage (summary: regression MSE; flow: NPE loss, -log q)."""
+    lines = ["stage,epoch,training_loss,validation_loss,seconds"]
     lines += [
-        f"{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},{h['seconds']:.2f}"
-        for h in history
+        f"{stage},{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},"
+        f"{h['seconds']:.2f}"
+        for stage, result in stages.items()
+        for h in result["history"]
     ]
     path.write_text("\n".join(lines) + "\n")

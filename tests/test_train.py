@@ -74,6 +74,7 @@ SMALL = TrainingConfig(
     channels=(8, 16),
     kernel_size=7,
     pooled=16,
+    dense=(64,),
     embedding_hidden=64,
     embedding_dim=16,
     batch_size=128,
@@ -239,17 +240,17 @@ def test_estimator_of_another_format_is_refused(estimator, tmp_path):
 
 
 def test_training_resumes_from_its_checkpoint(datasets, files):
-    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 2})
+    config = TrainingConfig.from_dict({**SMALL.to_dict(), "max_epochs": 2})
     out = files / "resume"
     first = train_estimator(datasets[0].directory, out, config, progress=False)
-    longer = TrainingConfig(**{**config.to_dict(), "channels": (8, 16), "max_epochs": 3})
+    longer = TrainingConfig.from_dict({**config.to_dict(), "max_epochs": 3})
     with pytest.raises(ValueError, match="checkpoint of another training run"):
         train_estimator(datasets[0].directory, out, longer, progress=False)
     assert first.manifest["validation"]["epochs"] == 2
 
 
 def test_mlp_point_regressor_learns_g_na(datasets, files):
-    config = TrainingConfig(**{**SMALL.to_dict(), "channels": (8, 16), "max_epochs": 30})
+    config = TrainingConfig.from_dict({**SMALL.to_dict(), "max_epochs": 30})
     regressor = train_point_regressor(
         datasets[0].directory, files / "mlp.pt", config, progress=False
     )
