@@ -7,6 +7,8 @@ split, then evaluates on a fixed held-out synthetic test set (noise and artefact
 * per parameter: R^2 and NRMSE of the NPE posterior mean and of the MLP estimate, and the
   posterior contraction ``1 - var_post / var_prior`` (mean over test cells);
 * the NPE held-out log-likelihood: mean ``log q(theta_true | x)`` in parameter space;
+* whether NPE and MLP differ beyond the luck of the test set: a 95% paired-bootstrap interval
+  of R²(NPE) - R²(MLP) over test cells;
 * calibration: the fraction of test cells whose true value lies in the central 90% posterior
   interval (0.9 for a calibrated posterior; lower means over-confident, higher under-confident).
 
@@ -40,6 +42,20 @@ def _r2_nrmse(estimate: np.ndarray, truth: np.ndarray, span: np.ndarray):
     sse = ((estimate - truth) ** 2).mean(axis=0)
     r2 = 1.0 - sse / truth.var(axis=0)
     return r2, np.sqrt(sse) / span
+
+
+def r2_difference_interval(
+    npe: np.ndarray, mlp: np.ndarray, truth: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% paired-bootstrap interval of R²(NPE) - R²(MLP) per parameter, resampling test cells:
+    how far apart two R² values can be by the luck of the test set alone."""
+    rng = np.random.default_rng(seed)
+    differences = np.empty((n_boot, truth.shape[1]))
+    for b in range(n_boot):
+        rows = rng.integers(0, len(truth), len(truth))
+        differences[b] = _r2_nrmse(npe[rows], truth[rows], 1.0)[0]
+        differences[b] -= _r2_nrmse(mlp[rows], truth[rows], 1.0)[0]
+    return np.quantile(differences, 0.025, axis=0), np.quantile(differences, 0.975, axis=0)
 
 
 def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
@@ -116,12 +132,15 @@ def main() -> None:
         r2_npe, nrmse_npe = _r2_nrmse(npe["mean"], truth, span)
         mlp = regressor.predict(test.observations[:])[names].to_numpy()
         r2_mlp, nrmse_mlp = _r2_nrmse(mlp, truth, span)
+        difference_low, difference_high = r2_difference_interval(npe["mean"], mlp, truth)
         per_parameter[size] = pd.DataFrame(
             {
                 "r2_npe": r2_npe,
                 "r2_mlp": r2_mlp,
                 "nrmse_npe": nrmse_npe,
                 "nrmse_mlp": nrmse_mlp,
+                "r2_difference_low": difference_low,
+                "r2_difference_high": difference_high,
                 "contraction": npe["contraction"],
                 "coverage90": npe["coverage90"],
             },
@@ -137,6 +156,7 @@ def main() -> None:
                 "mean_r2_npe": float(np.mean(r2_npe)),
                 "mean_r2_mlp": float(np.mean(r2_mlp)),
                 "npe_at_least_mlp": int(np.sum(r2_npe >= r2_mlp)),
+                "npe_significantly_below_mlp": int(np.sum(difference_high < 0)),
                 "parameters": len(names),
                 "mean_contraction": float(np.mean(npe["contraction"])),
                 "mean_coverage90": float(np.mean(npe["coverage90"])),

@@ -107,8 +107,9 @@ def _train(args: argparse.Namespace) -> int:
     )
     validation = estimator.manifest["validation"]
     print(
-        f"{estimator}\nbest validation loss {validation['best_loss']:.3f} after "
-        f"{validation['epochs']} epochs; wrote {args.out}"
+        f"{estimator}\nsummary network: best validation MSE {validation['summary_best_loss']:.3f} "
+        f"after {validation['summary_epochs']} epochs; flow: best validation loss "
+        f"{validation['best_loss']:.3f} after {validation['epochs']} epochs; wrote {args.out}"
     )
     return 0
 
