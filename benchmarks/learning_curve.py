@@ -162,6 +162,7 @@ def main() -> None:
                 "mean_coverage90": float(np.mean(npe["coverage90"])),
             }
         )
+        rows.sort(key=lambda row: row["size"])  # sizes may be given in any order
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), flush=True)
 
     if not rows:
