@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     if log_file is not None:
         history = pd.read_csv(log_file)
         training = {
-            "epochs": len(history),
+            "epochs": history.groupby("stage").size().to_dict(),  # per training stage
             "seconds": float(history["seconds"].sum()),
             "cells": estimator.manifest["training_set"]["cells"],
         }
@@ -155,7 +155,7 @@ def _markdown(res: dict) -> str:
         t = res["training"]
         lines += [
             "",
-            f"training: {t['cells']} cells, {t['epochs']} epochs, {t['seconds'] / 3600:.2f} h "
+            f"training: {t['cells']} cells, epochs {t['epochs']}, {t['seconds'] / 3600:.2f} h "
             "(from the bundle's training_log.csv)",
         ]
     return "\n".join(lines)
