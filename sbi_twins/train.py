@@ -153,7 +153,7 @@ class RowBlocks(abc.ABC):
     batch_size: int
 
     @abc.abstractmethod
-    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``start:stop`` as (target, input) tensors."""
 
     def training_batches(self, epoch: int, seed: int):
@@ -161,12 +161,12 @@ class RowBlocks(abc.ABC):
         starts = np.arange(0, self.n_train, self.batch_size)
         order = np.random.default_rng([seed, epoch]).permutation(starts.size)
         for k in order:
-            yield self._block(starts[k], min(starts[k] + self.batch_size, self.n_train))
+            yield self.block(starts[k], min(starts[k] + self.batch_size, self.n_train))
 
     def validation_batches(self):
         n = self.n_train + self.n_validation
         for start in range(self.n_train, n, self.batch_size):
-            yield self._block(start, min(start + self.batch_size, n))
+            yield self.block(start, min(start + self.batch_size, n))
 
 
 class StreamingData(RowBlocks):
@@ -193,7 +193,7 @@ class StreamingData(RowBlocks):
         self.n_train = n - self.n_validation
         self.batch_size = config.batch_size
 
-    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.asarray(self.observations[start:stop], dtype=np.float32)
         return self.z[start:stop], torch.from_numpy(x)
 
@@ -209,14 +209,14 @@ class SummarisedData(RowBlocks):
         residuals, contexts = [], []
         with torch.no_grad():
             for start in range(0, data.n_train + data.n_validation, 1024):
-                z, x = data._block(start, min(start + 1024, data.n_train + data.n_validation))
+                z, x = data.block(start, min(start + 1024, data.n_train + data.n_validation))
                 context, anchor = summary.context(x.to(device))
                 residuals.append(z - anchor.cpu())
                 contexts.append(context.cpu())
         self.u = torch.cat(residuals)
         self.context = torch.cat(contexts)
 
-    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.u[start:stop], self.context[start:stop]
 
 
@@ -393,7 +393,7 @@ def train_estimator(
     )
     summary.load_state_dict(stage1["best_state"])
     summarised = SummarisedData(data, summary, device)
-    u_stub, context_stub = summarised._block(0, min(data.n_train, 4096))
+    u_stub, context_stub = summarised.block(0, min(data.n_train, 4096))
     torch.manual_seed(config.seed)
     flow = build_flow(config, u_stub, context_stub)
     stage2 = fit_streaming(
