@@ -164,6 +164,8 @@ def main() -> None:
         )
         rows.sort(key=lambda row: row["size"])  # sizes may be given in any order
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), flush=True)
+        # written after every size, so a long run that dies keeps the sizes it finished
+        _write_results(args, len(test), rows, per_parameter)
 
     if not rows:
         raise SystemExit("no training size fits the training set")
@@ -172,13 +174,17 @@ def main() -> None:
     table["identified"] = np.where(table["r2_npe"] >= 0.5, "yes", "no")
     print(f"\nper parameter at {largest} cells (sorted by NPE R^2):")
     print(table.sort_values("r2_npe", ascending=False).to_markdown(floatfmt=".3f"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _write_results(args, test_cells: int, rows: list, per_parameter: dict) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "train": str(args.train),
                 "test": str(args.test),
-                "test_cells": len(test),
+                "test_cells": test_cells,
                 "samples_per_cell": args.samples,
                 "rows": rows,
                 "per_parameter": {
@@ -189,7 +195,6 @@ def main() -> None:
         )
     )
     _plot(per_parameter, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 def _plot(per_parameter: dict, path: Path) -> None:
