@@ -19,7 +19,14 @@ from torch import nn
 
 from .embedding import dense_stack, transform_observations
 from .simulate import open_dataset
-from .train import StreamingData, TrainingConfig, dataset_prior, fit_streaming
+from .train import (
+    StreamingData,
+    TrainingConfig,
+    check_checkpoint_identity,
+    dataset_prior,
+    fit_streaming,
+    training_identity,
+)
 
 
 class PointRegressor(nn.Module):
@@ -60,10 +67,18 @@ def train_point_regressor(
 ) -> TrainedRegressor:
     """Train the MLP point regressor on a dataset (the same rows and split as NPE training).
 
-    ``checkpoint`` is the resumable checkpoint file of this run.
+    ``checkpoint`` is the resumable checkpoint file of this run; ``<checkpoint>.identity``
+    records the dataset and settings it belongs to, and another run's checkpoint is refused.
     """
     config = config or TrainingConfig()
     ds = open_dataset(dataset)
+    checkpoint = Path(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    check_checkpoint_identity(
+        checkpoint.with_name(checkpoint.name + ".identity"),
+        [checkpoint],
+        training_identity(ds, config),
+    )
     prior = dataset_prior(ds)
     data = StreamingData(ds, prior, config)
     draws = prior.sample(100_000, seed=0).to_numpy()
@@ -77,8 +92,6 @@ def train_point_regressor(
         theta = torch.as_tensor(prior.from_unbounded(z.numpy()), dtype=torch.float32)
         return ((network(x) - (theta - mean_t) / scale_t) ** 2).mean(dim=1)
 
-    result = fit_streaming(
-        network, loss, data, config, Path(checkpoint), progress=progress, label="MLP"
-    )
+    result = fit_streaming(network, loss, data, config, checkpoint, progress=progress, label="MLP")
     network.load_state_dict(result["best_state"])
     return TrainedRegressor(network, prior.names, mean, scale, result["history"])

@@ -101,7 +101,12 @@ def _train(args: argparse.Namespace) -> int:
     """Train an NPE estimator on a dataset (resumable)."""
     from .train import TrainingConfig, train_estimator
 
-    config = TrainingConfig(max_epochs=args.max_epochs, batch_size=args.batch_size, seed=args.seed)
+    config = TrainingConfig(
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr_schedule=args.lr_schedule,
+    )
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet
     )
@@ -219,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--batch-size", type=int, default=256)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--lr-schedule",
+        default="constant",
+        help="learning rate: constant, or cosine decay to 0 over --max-epochs",
+    )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)

@@ -52,3 +52,9 @@ def test_fit_with_a_missing_estimator_is_a_clean_error(tmp_path, capsys):
     np.save(trace, np.zeros(10))
     assert main(["fit", str(trace), "--estimator", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown estimator 'nope'" in capsys.readouterr().err
+
+
+def test_train_with_an_unknown_schedule_is_a_clean_error(tmp_path, capsys):
+    args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--lr-schedule", "step"]
+    assert main(args) == 2
+    assert "lr_schedule must be one of ('constant', 'cosine')" in capsys.readouterr().err

@@ -260,6 +260,14 @@ def test_mlp_point_regressor_learns_g_na(datasets, files):
     assert 1 - np.mean((predicted - truth) ** 2) / truth.var() > 0.7
 
 
+def test_mlp_checkpoint_of_another_run_is_refused(datasets, files):
+    config = TrainingConfig.from_dict({**SMALL.to_dict(), "max_epochs": 1})
+    checkpoint = files / "mlp_one_epoch.pt"
+    train_point_regressor(datasets[0].directory, checkpoint, config, progress=False)
+    with pytest.raises(ValueError, match="mlp_one_epoch.pt holds a checkpoint of another"):
+        train_point_regressor(datasets[1].directory, checkpoint, config, progress=False)
+
+
 class _Interrupted(Exception):
     pass
 
@@ -319,3 +327,15 @@ def test_constant_schedule_and_unknown_schedule_refused(tmp_path):
     assert [h["learning_rate"] for h in result["history"]] == [0.3] * 3
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainingConfig(lr_schedule="step")
+
+
+def test_checkpoint_from_before_schedules_resumes_as_constant_rate(tmp_path):
+    checkpoint = tmp_path / "old.pt"
+    _fit_line(checkpoint, 2, schedule="constant")
+    saved = torch.load(checkpoint, weights_only=False)
+    del saved["scheduler"]
+    for epoch in saved["state"]["history"]:
+        del epoch["learning_rate"]
+    torch.save(saved, checkpoint)
+    _, result = _fit_line(checkpoint, 3, schedule="constant")
+    assert [h["learning_rate"] for h in result["history"]] == [0.3] * 3
