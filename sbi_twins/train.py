@@ -480,11 +480,11 @@ def check_checkpoint_identity(marker: Path, checkpoints: list[Path], identity: s
     ``marker`` holds the identity of the run whose ``checkpoints`` exist; it is written when
     none exists yet, and a different identity is refused.
     """
-    if any(path.exists() for path in checkpoints):
+    existing = [path for path in checkpoints if path.exists()]
+    if existing:
         if not marker.exists() or marker.read_text() != identity:
-            where = marker.parent if len(checkpoints) > 1 else checkpoints[0]
             raise ValueError(
-                f"{where} holds a checkpoint of another training run (other dataset or "
+                f"{existing[0]} is a checkpoint of another training run (other dataset or "
                 "settings); use another output path or delete the checkpoint"
             )
     else:

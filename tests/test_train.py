@@ -264,7 +264,7 @@ def test_mlp_checkpoint_of_another_run_is_refused(datasets, files):
     config = TrainingConfig.from_dict({**SMALL.to_dict(), "max_epochs": 1})
     checkpoint = files / "mlp_one_epoch.pt"
     train_point_regressor(datasets[0].directory, checkpoint, config, progress=False)
-    with pytest.raises(ValueError, match="mlp_one_epoch.pt holds a checkpoint of another"):
+    with pytest.raises(ValueError, match="mlp_one_epoch.pt is a checkpoint of another"):
         train_point_regressor(datasets[1].directory, checkpoint, config, progress=False)
 
 
