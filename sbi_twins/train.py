@@ -270,12 +270,8 @@ def fit_streaming(
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         module.load_state_dict(saved["module"])
         optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        if "scheduler" in saved:
-            scheduler.load_state_dict(saved["scheduler"])
-        else:  # a checkpoint from before schedules existed: a constant-rate run
-            for epoch in state["history"]:
-                epoch.setdefault("learning_rate", config.learning_rate)
     torch.manual_seed(config.seed)
     bar = tqdm(
         total=config.max_epochs,

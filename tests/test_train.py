@@ -327,15 +327,3 @@ def test_constant_schedule_and_unknown_schedule_refused(tmp_path):
     assert [h["learning_rate"] for h in result["history"]] == [0.3] * 3
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainingConfig(lr_schedule="step")
-
-
-def test_checkpoint_from_before_schedules_resumes_as_constant_rate(tmp_path):
-    checkpoint = tmp_path / "old.pt"
-    _fit_line(checkpoint, 2, schedule="constant")
-    saved = torch.load(checkpoint, weights_only=False)
-    del saved["scheduler"]
-    for epoch in saved["state"]["history"]:
-        del epoch["learning_rate"]
-    torch.save(saved, checkpoint)
-    _, result = _fit_line(checkpoint, 3, schedule="constant")
-    assert [h["learning_rate"] for h in result["history"]] == [0.3] * 3
