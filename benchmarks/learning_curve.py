@@ -38,23 +38,32 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def _r2_nrmse(estimate: np.ndarray, truth: np.ndarray, span: np.ndarray):
+def r2_nrmse(estimate: np.ndarray, truth: np.ndarray, span: np.ndarray):
+    """Per-parameter R² and RMSE / ``span`` of estimates (N, D) of the true values (N, D)."""
     sse = ((estimate - truth) ** 2).mean(axis=0)
     r2 = 1.0 - sse / truth.var(axis=0)
     return r2, np.sqrt(sse) / span
+
+
+def mean_r2(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-parameter R² of estimates (N, D), or the mean R² of several runs' estimates (R, N, D)."""
+    runs = estimates if estimates.ndim == 3 else estimates[None]
+    return np.mean([r2_nrmse(run, truth, 1.0)[0] for run in runs], axis=0)
 
 
 def r2_difference_interval(
     npe: np.ndarray, mlp: np.ndarray, truth: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """95% paired-bootstrap interval of R²(NPE) - R²(MLP) per parameter, resampling test cells:
-    how far apart two R² values can be by the luck of the test set alone."""
+    how far apart two R² values can be by the luck of the test set alone. Either side may be
+    several training runs' estimates (R, N, D), compared by their mean R² (see
+    :func:`mean_r2`)."""
     rng = np.random.default_rng(seed)
     differences = np.empty((n_boot, truth.shape[1]))
     for b in range(n_boot):
         rows = rng.integers(0, len(truth), len(truth))
-        differences[b] = _r2_nrmse(npe[rows], truth[rows], 1.0)[0]
-        differences[b] -= _r2_nrmse(mlp[rows], truth[rows], 1.0)[0]
+        differences[b] = mean_r2(npe[..., rows, :], truth[rows])
+        differences[b] -= mean_r2(mlp[..., rows, :], truth[rows])
     return np.quantile(differences, 0.025, axis=0), np.quantile(differences, 0.975, axis=0)
 
 
@@ -129,9 +138,9 @@ def main() -> None:
         span = np.quantile(draws, 0.995, axis=0) - np.quantile(draws, 0.005, axis=0)
         estimator.check_dataset(test)
         npe = evaluate_npe(estimator, test, args.samples)
-        r2_npe, nrmse_npe = _r2_nrmse(npe["mean"], truth, span)
+        r2_npe, nrmse_npe = r2_nrmse(npe["mean"], truth, span)
         mlp = regressor.predict(test.observations[:])[names].to_numpy()
-        r2_mlp, nrmse_mlp = _r2_nrmse(mlp, truth, span)
+        r2_mlp, nrmse_mlp = r2_nrmse(mlp, truth, span)
         difference_low, difference_high = r2_difference_interval(npe["mean"], mlp, truth)
         per_parameter[size] = pd.DataFrame(
             {

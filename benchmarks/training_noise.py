@@ -1,0 +1,161 @@
+"""Training noise: how far per-parameter R² moves between training runs of the same method.
+
+The learning curve's bootstrap interval (``learning_curve.py``) covers the luck of the test set,
+not the luck of training. This script measures the second: on one training set and one held-out
+test set it
+
+* trains the MLP point regressor once per seed (the same cells, split and settings otherwise);
+* evaluates the given NPE estimators (e.g. trainings with other seeds or settings), and the
+  equal mixture of them: the mean of a mixture of posteriors is the mean of their means;
+
+and compares each against the MLP of every seed, per parameter, as the learning curve does (R²
+of the posterior mean or estimate, and a 95% paired-bootstrap interval of the difference). The
+mean of the MLPs of all seeds is the comparator of the NPE mixture (both average several runs).
+With several runs of each, the two methods are also compared by their R² averaged over runs:
+the expected accuracy of one training, which is what "NPE ≥ MLP" claims of a method.
+If a retrained MLP falls below the first one on some parameters, "at least the MLP on every
+parameter" cannot be told apart from training noise on those parameters.
+
+Usage::
+
+    python benchmarks/training_noise.py --train DATA/train --test DATA/test \\
+        --seeds 0 1 --npe WORK/npe_200000 [OTHER/npe_200000 ...] [--max-epochs 30] \\
+        [--samples 1000] [--work WORK]
+
+Writes ``benchmarks/results/training_noise.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import _common
+import numpy as np
+import pandas as pd
+from learning_curve import RESULTS, evaluate_npe, mean_r2, r2_difference_interval
+
+
+def compare(estimate: np.ndarray, reference: np.ndarray, truth: np.ndarray, names) -> dict:
+    """R² of ``estimate`` against the ``reference`` estimate's, per parameter, with the
+    parameters where it is lower (and whether significantly). Either may be several runs'
+    estimates (R, N, D), compared by their mean R²."""
+    r2, r2_reference = mean_r2(estimate, truth), mean_r2(reference, truth)
+    low, high = r2_difference_interval(estimate, reference, truth)
+    below = {
+        name: {"r2": r2[i], "reference_r2": r2_reference[i], "interval": [low[i], high[i]]}
+        for i, name in enumerate(names)
+        if r2[i] < r2_reference[i]
+    }
+    return {
+        "mean_r2": float(r2.mean()),
+        "at_least_reference": int((r2 >= r2_reference).sum()),
+        "significantly_below": int((high < 0).sum()),
+        "significantly_above": int((low > 0).sum()),
+        "below": below,
+        "r2": dict(zip(names, r2.tolist())),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=Path, required=True, help="training dataset")
+    parser.add_argument("--test", type=Path, required=True, help="held-out dataset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="MLP seeds")
+    parser.add_argument("--npe", type=Path, nargs="*", default=[], help="trained estimators")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--samples", type=int, default=1000, help="posterior draws per cell")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "sbi-twins-training-noise",
+        help="where the MLPs and their checkpoints go (rerun reuses them)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "training_noise.json")
+    args = parser.parse_args()
+
+    from sbi_twins import load_estimator, open_dataset
+    from sbi_twins.baseline import train_point_regressor
+    from sbi_twins.train import TrainingConfig
+
+    test = open_dataset(args.test)
+    estimates, names = {}, None
+    for seed in args.seeds:
+        config = TrainingConfig(max_epochs=args.max_epochs, seed=seed)
+        regressor = train_point_regressor(args.train, args.work / f"mlp_seed{seed}.pt", config)
+        prediction = regressor.predict(test.observations[:])
+        names = names or list(prediction.columns)
+        estimates[f"MLP seed {seed}"] = prediction[names].to_numpy()
+    mlp_runs = np.stack(list(estimates.values()))
+    if len(args.seeds) > 1:
+        estimates[f"MLP mean of {len(args.seeds)} seeds"] = mlp_runs.mean(axis=0)
+    npe_means = []
+    for directory in args.npe:
+        estimator = load_estimator(directory)
+        estimator.check_dataset(test)
+        npe_means.append(evaluate_npe(estimator, test, args.samples)["mean"])
+        estimates[f"NPE {directory}"] = npe_means[-1]
+    if len(npe_means) > 1:
+        estimates[f"NPE mixture of {len(npe_means)}"] = np.mean(npe_means, axis=0)
+
+    truth = test.parameters[names].to_numpy()
+    references = [label for label in estimates if label.startswith("MLP")]
+    results = {
+        label: {
+            reference: compare(estimate, estimates[reference], truth, names)
+            for reference in references
+            if reference != label
+        }
+        for label, estimate in estimates.items()
+    }
+    if len(npe_means) > 1 and len(args.seeds) > 1:
+        # the methods compared by their R² averaged over training runs (not by averaged estimates)
+        label = f"R² averaged over the {len(npe_means)} NPE runs"
+        reference = f"R² averaged over the {len(args.seeds)} MLP runs"
+        references.append(reference)
+        results[label] = {reference: compare(np.stack(npe_means), mlp_runs, truth, names)}
+    rows = []
+    for label, against in results.items():
+        estimate = np.stack(npe_means) if label not in estimates else estimates[label]
+        row = {"estimate": label, "mean R²": mean_r2(estimate, truth).mean()}
+        for reference in references:
+            r = against.get(reference)
+            row[f"vs {reference}: ≥ / sig. below / sig. above"] = (
+                "-"
+                if r is None
+                else f"{r['at_least_reference']} / {r['significantly_below']} / "
+                f"{r['significantly_above']}"
+            )
+        rows.append(row)
+    print(f"{len(names)} parameters, {len(test)} test cells")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+    for label, against in results.items():
+        for reference, r in against.items():
+            below = ", ".join(
+                f"{n} {b['r2'] - b['reference_r2']:+.4f}" for n, b in r["below"].items()
+            )
+            print(f"{label} below {reference} on: {below or 'none'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "train": str(args.train),
+                "test": str(args.test),
+                "test_cells": len(test),
+                "samples_per_cell": args.samples,
+                "max_epochs": args.max_epochs,
+                "references": references,
+                "machine": _common.machine_info(watched_paths=("sbi_twins",)),
+                "results": results,
+            },
+            indent=1,
+            default=float,
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
