@@ -92,20 +92,29 @@ def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(
+    parser: argparse.ArgumentParser, name: str, *, max_epochs: int, samples: int
+) -> None:
+    """The options shared by the scripts that train on ``--train`` and evaluate on ``--test``:
+    epoch cap, posterior draws per test cell, work directory (reused by reruns), results file
+    ``results/<name>.json``."""
     parser.add_argument("--train", type=Path, required=True, help="training dataset")
     parser.add_argument("--test", type=Path, required=True, help="held-out dataset (>= 2000)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 200_000])
-    parser.add_argument("--max-epochs", type=int, default=200)
-    parser.add_argument("--samples", type=int, default=500, help="posterior draws per cell")
+    parser.add_argument("--max-epochs", type=int, default=max_epochs)
+    parser.add_argument("--samples", type=int, default=samples, help="posterior draws per cell")
     parser.add_argument(
         "--work",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "sbi-twins-learning-curve",
-        help="where the trained estimators and checkpoints go (rerun resumes them)",
+        default=Path(tempfile.gettempdir()) / f"sbi-twins-{name.replace('_', '-')}",
+        help="where trained networks and their checkpoints go (a rerun resumes or reuses them)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{name}.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser, "learning_curve", max_epochs=200, samples=500)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 200_000])
     args = parser.parse_args()
 
     from sbi_twins import open_dataset

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import _common
 import numpy as np
 import pandas as pd
-from learning_curve import RESULTS, evaluate_npe, mean_r2, r2_difference_interval
+from learning_curve import add_run_arguments, evaluate_npe, mean_r2, r2_difference_interval
 
 
 def compare(estimate: np.ndarray, reference: np.ndarray, truth: np.ndarray, names) -> dict:
@@ -61,19 +60,9 @@ def compare(estimate: np.ndarray, reference: np.ndarray, truth: np.ndarray, name
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train", type=Path, required=True, help="training dataset")
-    parser.add_argument("--test", type=Path, required=True, help="held-out dataset")
+    add_run_arguments(parser, "training_noise", max_epochs=30, samples=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="MLP seeds")
     parser.add_argument("--npe", type=Path, nargs="*", default=[], help="trained estimators")
-    parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--samples", type=int, default=1000, help="posterior draws per cell")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "sbi-twins-training-noise",
-        help="where the MLPs and their checkpoints go (rerun reuses them)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS / "training_noise.json")
     args = parser.parse_args()
 
     from sbi_twins import load_estimator, open_dataset
