@@ -99,16 +99,17 @@ def main() -> None:
         }
         for label, estimate in estimates.items()
     }
+    runs = dict(estimates)  # what each row evaluates: one estimate (N, D), or runs (R, N, D)
     if len(npe_means) > 1 and len(args.seeds) > 1:
         # the methods compared by their R² averaged over training runs (not by averaged estimates)
         label = f"R² averaged over the {len(npe_means)} NPE runs"
         reference = f"R² averaged over the {len(args.seeds)} MLP runs"
         references.append(reference)
-        results[label] = {reference: compare(np.stack(npe_means), mlp_runs, truth, names)}
+        runs[label] = np.stack(npe_means)
+        results[label] = {reference: compare(runs[label], mlp_runs, truth, names)}
     rows = []
     for label, against in results.items():
-        estimate = np.stack(npe_means) if label not in estimates else estimates[label]
-        row = {"estimate": label, "mean R²": mean_r2(estimate, truth).mean()}
+        row = {"estimate": label, "mean R²": mean_r2(runs[label], truth).mean()}
         for reference in references:
             r = against.get(reference)
             row[f"vs {reference}: ≥ / sig. below / sig. above"] = (
