@@ -96,11 +96,14 @@ def add_run_arguments(
     parser: argparse.ArgumentParser, name: str, *, max_epochs: int, samples: int
 ) -> None:
     """The options shared by the scripts that train on ``--train`` and evaluate on ``--test``:
-    epoch cap, posterior draws per test cell, work directory (reused by reruns), results file
-    ``results/<name>.json``."""
+    epoch cap, weight averaging (for both methods), posterior draws per test cell, work
+    directory (reused by reruns), results file ``results/<name>.json``."""
     parser.add_argument("--train", type=Path, required=True, help="training dataset")
     parser.add_argument("--test", type=Path, required=True, help="held-out dataset (>= 2000)")
     parser.add_argument("--max-epochs", type=int, default=max_epochs)
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.0, help="TrainingConfig.ema_decay of both methods"
+    )
     parser.add_argument("--samples", type=int, default=samples, help="posterior draws per cell")
     parser.add_argument(
         "--work",
@@ -133,7 +136,9 @@ def main() -> None:
         # The full set trains with max_cells=None, exactly as `sbi-twins train` does, so an
         # estimator trained by that command into WORK/npe_<size> is reused rather than retrained.
         max_cells = size if size < available else None
-        config = TrainingConfig(max_cells=max_cells, max_epochs=args.max_epochs)
+        config = TrainingConfig(
+            max_cells=max_cells, max_epochs=args.max_epochs, ema_decay=args.ema_decay
+        )
         estimator = train_estimator(args.train, args.work / f"npe_{size}", config)
         regressor = train_point_regressor(args.train, args.work / f"mlp_{size}.pt", config)
         # training time from the logs, so a rerun that reuses finished runs still reports it
@@ -204,6 +209,8 @@ def _write_results(args, test_cells: int, rows: list, per_parameter: dict) -> No
                 "test": str(args.test),
                 "test_cells": test_cells,
                 "samples_per_cell": args.samples,
+                "max_epochs": args.max_epochs,
+                "ema_decay": args.ema_decay,
                 "rows": rows,
                 "per_parameter": {
                     str(k): v.to_dict(orient="index") for k, v in per_parameter.items()

@@ -72,7 +72,7 @@ def main() -> None:
     test = open_dataset(args.test)
     estimates, names = {}, None
     for seed in args.seeds:
-        config = TrainingConfig(max_epochs=args.max_epochs, seed=seed)
+        config = TrainingConfig(max_epochs=args.max_epochs, seed=seed, ema_decay=args.ema_decay)
         regressor = train_point_regressor(args.train, args.work / f"mlp_seed{seed}.pt", config)
         prediction = regressor.predict(test.observations[:])
         names = names or list(prediction.columns)
@@ -136,6 +136,7 @@ def main() -> None:
                 "test_cells": len(test),
                 "samples_per_cell": args.samples,
                 "max_epochs": args.max_epochs,
+                "ema_decay": args.ema_decay,
                 "references": references,
                 "machine": _common.machine_info(watched_paths=("sbi_twins",)),
                 "results": results,

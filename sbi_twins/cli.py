@@ -106,6 +106,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
     )
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule",
         default="constant",
         help="learning rate: constant, or cosine decay to 0 over --max-epochs",
+    )
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="keep a moving average of the weights with this decay per step (0: off)",
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -58,3 +58,11 @@ def test_train_with_an_unknown_schedule_is_a_clean_error(tmp_path, capsys):
     args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--lr-schedule", "step"]
     assert main(args) == 2
     assert "lr_schedule must be one of ('constant', 'cosine')" in capsys.readouterr().err
+
+
+def test_train_with_an_impossible_averaging_decay_is_a_clean_error(tmp_path, capsys):
+    args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--ema-decay", "1.5"]
+    assert main(args) == 2
+    assert (
+        "ema_decay must be in [0, 1) (0: no weight averaging), got 1.5" in capsys.readouterr().err
+    )

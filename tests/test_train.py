@@ -14,7 +14,14 @@ from sbi_twins.estimator import hdi, load_estimator
 from sbi_twins.model import load_model
 from sbi_twins.observe import simulate_recordings
 from sbi_twins.simulate import DatasetSpec, simulate_dataset
-from sbi_twins.train import RowBlocks, TrainingConfig, fit_streaming, train_estimator
+from sbi_twins.train import (
+    RowBlocks,
+    TrainingConfig,
+    WeightAverage,
+    fit_streaming,
+    train_estimator,
+    training_identity,
+)
 
 PRIOR = """
 model = "kernik2019"
@@ -293,10 +300,12 @@ class _LineData(RowBlocks):
         return super().training_batches(epoch, seed)
 
 
-def _fit_line(checkpoint, max_epochs, schedule="cosine", interrupt_at=None):
+def _fit_line(checkpoint, max_epochs, schedule="cosine", interrupt_at=None, ema_decay=0.0):
     torch.manual_seed(0)
     line = torch.nn.Linear(1, 1)
-    config = TrainingConfig(learning_rate=0.3, max_epochs=max_epochs, lr_schedule=schedule)
+    config = TrainingConfig(
+        learning_rate=0.3, max_epochs=max_epochs, lr_schedule=schedule, ema_decay=ema_decay
+    )
     result = fit_streaming(
         line,
         lambda y, x: ((line(x) - y) ** 2).sum(1),
@@ -327,3 +336,56 @@ def test_constant_schedule_and_unknown_schedule_refused(tmp_path):
     assert [h["learning_rate"] for h in result["history"]] == [0.3] * 3
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainingConfig(lr_schedule="step")
+
+
+def test_weight_average_is_the_warmed_up_moving_average_and_swaps_back():
+    line = torch.nn.Linear(1, 1)
+    average = WeightAverage(line, decay=0.9)
+    expected = line.weight.detach().clone()
+    for step, value in enumerate([1.0, 2.0, -3.0, 4.0], start=1):
+        with torch.no_grad():
+            line.weight.fill_(value)
+        average.update()
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * value
+    with average.applied():
+        torch.testing.assert_close(line.weight.detach(), expected)
+    assert line.weight.item() == 4.0  # the module's own weights are back after the block
+
+    inactive = WeightAverage(line, decay=0.0)
+    inactive.update()
+    with inactive.applied():
+        assert line.weight.item() == 4.0
+
+
+def test_weight_averaged_training_resumes_and_returns_the_validated_average(tmp_path):
+    whole, whole_result = _fit_line(tmp_path / "whole.pt", 6, "constant", ema_decay=0.9)
+    best = torch.nn.Linear(1, 1)
+    best.load_state_dict(whole_result["best_state"])
+    # The returned weights are the average, not the last step's, and they are the ones validated.
+    assert not torch.equal(best.weight, whole.weight)
+    data = _LineData()
+    x, y = data.x[200:], data.y[200:]
+    with torch.no_grad():
+        validation = ((best(x) - y) ** 2).sum(1).mean().item()
+    assert validation == pytest.approx(whole_result["best_validation_loss"], rel=1e-5)
+    assert whole_result["best_validation_loss"] < 0.02  # the noise variance is 0.01
+
+    with pytest.raises(_Interrupted):
+        _fit_line(tmp_path / "resumed.pt", 6, "constant", interrupt_at=3, ema_decay=0.9)
+    _, resumed_result = _fit_line(tmp_path / "resumed.pt", 6, "constant", ema_decay=0.9)
+    torch.testing.assert_close(resumed_result["best_state"], whole_result["best_state"])
+
+
+def test_weight_averaging_setting_is_checked_and_part_of_the_run_identity():
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        TrainingConfig(ema_decay=1.0)
+
+    class Stub:
+        manifest = {"name": "stub"}
+
+        def __len__(self):
+            return 10
+
+    plain = training_identity(Stub(), TrainingConfig())
+    assert training_identity(Stub(), TrainingConfig(ema_decay=0.999)) != plain
