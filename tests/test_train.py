@@ -387,5 +387,5 @@ def test_weight_averaging_setting_is_checked_and_part_of_the_run_identity():
         def __len__(self):
             return 10
 
-    plain = training_identity(Stub(), TrainingConfig())
-    assert training_identity(Stub(), TrainingConfig(ema_decay=0.999)) != plain
+    unaveraged = training_identity(Stub(), TrainingConfig(ema_decay=0.0))
+    assert training_identity(Stub(), TrainingConfig(ema_decay=0.999)) != unaveraged
