@@ -98,15 +98,15 @@ def add_run_arguments(
     """The options shared by the scripts that train on ``--train`` and evaluate on ``--test``:
     epoch cap, weight averaging (for both methods), posterior draws per test cell, work
     directory (reused by reruns), results file ``results/<name>.json``."""
+    from sbi_twins.train import TrainingConfig
+
     parser.add_argument("--train", type=Path, required=True, help="training dataset")
     parser.add_argument("--test", type=Path, required=True, help="held-out dataset (>= 2000)")
     parser.add_argument("--max-epochs", type=int, default=max_epochs)
-    from sbi_twins.train import TrainingConfig
-
     parser.add_argument(
         "--ema-decay",
         type=float,
-        default=TrainingConfig().ema_decay,
+        default=TrainingConfig.ema_decay,
         help="TrainingConfig.ema_decay of both methods (0: no weight averaging)",
     )
     parser.add_argument("--samples", type=int, default=samples, help="posterior draws per cell")

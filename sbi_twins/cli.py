@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         lr_schedule=args.lr_schedule,
-        **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}),
+        ema_decay=TrainingConfig.ema_decay if args.ema_decay is None else args.ema_decay,
     )
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet

@@ -374,10 +374,11 @@ class WeightAverage:
         self.module = module
         self.decay = decay
         self.steps = 0
+        # No copy of the weights when inactive (it would also be written to every checkpoint).
         self.shadow = {
             name: value.detach().clone()
             for name, value in module.state_dict().items()
-            if value.is_floating_point()
+            if decay and value.is_floating_point()
         }
 
     def update(self) -> None:
