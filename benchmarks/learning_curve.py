@@ -5,7 +5,11 @@ an NPE estimator and the MLP point regressor (``sbi_twins.baseline``) with the s
 split, then evaluates on a fixed held-out synthetic test set (noise and artefacts on):
 
 * per parameter: R^2 and NRMSE of the NPE posterior mean and of the MLP estimate, and the
-  posterior contraction ``1 - var_post / var_prior`` (mean over test cells);
+  posterior contraction ``1 - var_post / var_prior`` (mean over test cells). The posterior
+  mean is estimated from ``--samples`` draws per cell; its Monte-Carlo error is removed from
+  the squared errors (:func:`squared_errors`), so the R² is that of the exact posterior mean.
+  ``r2_npe_mc_loss`` is what the Monte-Carlo error of ``--samples`` draws costs (subtract it
+  for the R² of the drawn estimate);
 * the NPE held-out log-likelihood: mean ``log q(theta_true | x)`` in parameter space;
 * whether NPE and MLP differ beyond the luck of the test set: a 95% paired-bootstrap interval
   of R²(NPE) - R²(MLP) over test cells;
@@ -38,26 +42,42 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def r2_nrmse(estimate: np.ndarray, truth: np.ndarray, span: np.ndarray):
-    """Per-parameter R² and RMSE / ``span`` of estimates (N, D) of the true values (N, D)."""
-    sse = ((estimate - truth) ** 2).mean(axis=0)
-    r2 = 1.0 - sse / truth.var(axis=0)
-    return r2, np.sqrt(sse) / span
+def squared_errors(
+    estimate: np.ndarray, truth: np.ndarray, mc_variance: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-cell squared errors of estimates (N, D), or of several runs' estimates (R, N, D), of
+    the true values (N, D).
+
+    For a posterior mean estimated from draws, give ``mc_variance``, the variance of that
+    Monte-Carlo estimate (posterior variance / draws, per cell and parameter): it is subtracted,
+    which makes the errors unbiased for those of the exact posterior mean. The Monte-Carlo
+    error is independent of the exact mean's error and adds its variance to the expected
+    squared error; it belongs to the number of draws, not to the method."""
+    errors = (estimate - truth) ** 2
+    return errors if mc_variance is None else errors - mc_variance
 
 
-def mean_r2(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-parameter R² of estimates (N, D), or the mean R² of several runs' estimates (R, N, D)."""
-    runs = estimates if estimates.ndim == 3 else estimates[None]
+def r2_nrmse(errors: np.ndarray, truth: np.ndarray, span: np.ndarray):
+    """Per-parameter R² and RMSE / ``span`` from per-cell squared errors (N, D) (see
+    :func:`squared_errors`) of estimates of the true values (N, D)."""
+    mse = errors.mean(axis=0)
+    r2 = 1.0 - mse / truth.var(axis=0)
+    return r2, np.sqrt(np.maximum(mse, 0.0)) / span
+
+
+def mean_r2(errors: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-parameter R² from squared errors (N, D), or the mean R² of several runs' (R, N, D)."""
+    runs = errors if errors.ndim == 3 else errors[None]
     return np.mean([r2_nrmse(run, truth, 1.0)[0] for run in runs], axis=0)
 
 
 def r2_difference_interval(
     npe: np.ndarray, mlp: np.ndarray, truth: np.ndarray, n_boot: int = 1000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """95% paired-bootstrap interval of R²(NPE) - R²(MLP) per parameter, resampling test cells:
-    how far apart two R² values can be by the luck of the test set alone. Either side may be
-    several training runs' estimates (R, N, D), compared by their mean R² (see
-    :func:`mean_r2`)."""
+    """95% paired-bootstrap interval of R²(NPE) - R²(MLP) per parameter from their per-cell
+    squared errors, resampling test cells: how far apart two R² values can be by the luck of
+    the test set alone. Either side may be several training runs' errors (R, N, D), compared by
+    their mean R² (see :func:`mean_r2`)."""
     rng = np.random.default_rng(seed)
     differences = np.empty((n_boot, truth.shape[1]))
     for b in range(n_boot):
@@ -68,16 +88,19 @@ def r2_difference_interval(
 
 
 def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
-    """Posterior means, contraction and log-likelihood of the true parameters on the test set."""
+    """Posterior means (and the variance of their Monte-Carlo estimates from ``n_samples``
+    draws), contraction, 90% coverage and log-likelihood of the true parameters on the test
+    set."""
     names = list(estimator.names)
     truth = test.parameters[names].to_numpy()
     prior_var = estimator.prior_variance.to_numpy()
-    means, contraction, loglik, inside = [], [], [], []
+    means, mc_variance, contraction, loglik, inside = [], [], [], [], []
     for start in range(0, len(test), batch):
         x = test.observations[start : start + batch]
         z = estimator.sample_z(x, n_samples, seed=start)  # (n, B, D)
         theta = estimator.prior.from_unbounded(z.reshape(-1, z.shape[-1])).reshape(z.shape)
         means.append(theta.mean(axis=0))
+        mc_variance.append(theta.var(axis=0, ddof=1) / n_samples)
         contraction.append(1.0 - theta.var(axis=0) / prior_var)
         loglik.append(estimator.log_prob_batch(truth[start : start + batch], x))
         low, high = np.quantile(theta, [0.05, 0.95], axis=0)
@@ -86,6 +109,7 @@ def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
         )
     return {
         "mean": np.concatenate(means),
+        "mc_variance": np.concatenate(mc_variance),
         "contraction": np.concatenate(contraction).mean(axis=0),
         "coverage90": np.concatenate(inside).mean(axis=0),
         "loglik": float(np.concatenate(loglik).mean()),
@@ -157,13 +181,16 @@ def main() -> None:
         span = np.quantile(draws, 0.995, axis=0) - np.quantile(draws, 0.005, axis=0)
         estimator.check_dataset(test)
         npe = evaluate_npe(estimator, test, args.samples)
-        r2_npe, nrmse_npe = r2_nrmse(npe["mean"], truth, span)
+        npe_errors = squared_errors(npe["mean"], truth, npe["mc_variance"])
+        r2_npe, nrmse_npe = r2_nrmse(npe_errors, truth, span)
         mlp = regressor.predict(test.observations[:])[names].to_numpy()
-        r2_mlp, nrmse_mlp = r2_nrmse(mlp, truth, span)
-        difference_low, difference_high = r2_difference_interval(npe["mean"], mlp, truth)
+        mlp_errors = squared_errors(mlp, truth)
+        r2_mlp, nrmse_mlp = r2_nrmse(mlp_errors, truth, span)
+        difference_low, difference_high = r2_difference_interval(npe_errors, mlp_errors, truth)
         per_parameter[size] = pd.DataFrame(
             {
                 "r2_npe": r2_npe,
+                "r2_npe_mc_loss": npe["mc_variance"].mean(axis=0) / truth.var(axis=0),
                 "r2_mlp": r2_mlp,
                 "nrmse_npe": nrmse_npe,
                 "nrmse_mlp": nrmse_mlp,

@@ -9,7 +9,8 @@ test set it
   equal mixture of them: the mean of a mixture of posteriors is the mean of their means;
 
 and compares each against the MLP of every seed, per parameter, as the learning curve does (R²
-of the posterior mean or estimate, and a 95% paired-bootstrap interval of the difference). The
+of the posterior mean, its Monte-Carlo error removed, or of the estimate, and a 95%
+paired-bootstrap interval of the difference). The
 mean of the MLPs of all seeds is the comparator of the NPE mixture (both average several runs).
 With several runs of each, the two methods are also compared by their R² averaged over runs:
 the expected accuracy of one training, which is what "NPE ≥ MLP" claims of a method.
@@ -34,15 +35,21 @@ from pathlib import Path
 import _common
 import numpy as np
 import pandas as pd
-from learning_curve import add_run_arguments, evaluate_npe, mean_r2, r2_difference_interval
+from learning_curve import (
+    add_run_arguments,
+    evaluate_npe,
+    mean_r2,
+    r2_difference_interval,
+    squared_errors,
+)
 
 
-def compare(estimate: np.ndarray, reference: np.ndarray, truth: np.ndarray, names) -> dict:
-    """R² of ``estimate`` against the ``reference`` estimate's, per parameter, with the
-    parameters where it is lower (and whether significantly). Either may be several runs'
-    estimates (R, N, D), compared by their mean R²."""
-    r2, r2_reference = mean_r2(estimate, truth), mean_r2(reference, truth)
-    low, high = r2_difference_interval(estimate, reference, truth)
+def compare(errors: np.ndarray, reference: np.ndarray, truth: np.ndarray, names) -> dict:
+    """R² of an estimate against the ``reference`` estimate's, from their per-cell squared
+    errors, per parameter, with the parameters where it is lower (and whether significantly).
+    Either may be several runs' errors (R, N, D), compared by their mean R²."""
+    r2, r2_reference = mean_r2(errors, truth), mean_r2(reference, truth)
+    low, high = r2_difference_interval(errors, reference, truth)
     below = {
         name: {"r2": r2[i], "reference_r2": r2_reference[i], "interval": [low[i], high[i]]}
         for i, name in enumerate(names)
@@ -70,42 +77,52 @@ def main() -> None:
     from sbi_twins.train import TrainingConfig
 
     test = open_dataset(args.test)
-    estimates, names = {}, None
+    predictions, names = {}, None
     for seed in args.seeds:
         config = TrainingConfig(max_epochs=args.max_epochs, seed=seed, ema_decay=args.ema_decay)
         regressor = train_point_regressor(args.train, args.work / f"mlp_seed{seed}.pt", config)
         prediction = regressor.predict(test.observations[:])
         names = names or list(prediction.columns)
-        estimates[f"MLP seed {seed}"] = prediction[names].to_numpy()
-    mlp_runs = np.stack(list(estimates.values()))
+        predictions[f"MLP seed {seed}"] = prediction[names].to_numpy()
+    truth = test.parameters[names].to_numpy()
+    # every estimate as its per-cell squared errors (posterior means: Monte-Carlo error removed)
+    errors = {label: squared_errors(p, truth) for label, p in predictions.items()}
+    mlp_runs = np.stack(list(errors.values()))
     if len(args.seeds) > 1:
-        estimates[f"MLP mean of {len(args.seeds)} seeds"] = mlp_runs.mean(axis=0)
-    npe_means = []
+        mean_prediction = np.mean(list(predictions.values()), axis=0)
+        errors[f"MLP mean of {len(args.seeds)} seeds"] = squared_errors(mean_prediction, truth)
+    npe_runs = []
     for directory in args.npe:
         estimator = load_estimator(directory)
         estimator.check_dataset(test)
-        npe_means.append(evaluate_npe(estimator, test, args.samples)["mean"])
-        estimates[f"NPE {directory}"] = npe_means[-1]
-    if len(npe_means) > 1:
-        estimates[f"NPE mixture of {len(npe_means)}"] = np.mean(npe_means, axis=0)
+        npe_runs.append(evaluate_npe(estimator, test, args.samples))
+        errors[f"NPE {directory}"] = squared_errors(
+            npe_runs[-1]["mean"], truth, npe_runs[-1]["mc_variance"]
+        )
+    if len(npe_runs) > 1:
+        # the mean of independent Monte-Carlo estimates: variance sum / runs²
+        errors[f"NPE mixture of {len(npe_runs)}"] = squared_errors(
+            np.mean([run["mean"] for run in npe_runs], axis=0),
+            truth,
+            np.sum([run["mc_variance"] for run in npe_runs], axis=0) / len(npe_runs) ** 2,
+        )
 
-    truth = test.parameters[names].to_numpy()
-    references = [label for label in estimates if label.startswith("MLP")]
+    references = [label for label in errors if label.startswith("MLP")]
     results = {
         label: {
-            reference: compare(estimate, estimates[reference], truth, names)
+            reference: compare(error, errors[reference], truth, names)
             for reference in references
             if reference != label
         }
-        for label, estimate in estimates.items()
+        for label, error in errors.items()
     }
-    runs = dict(estimates)  # what each row evaluates: one estimate (N, D), or runs (R, N, D)
-    if len(npe_means) > 1 and len(args.seeds) > 1:
+    runs = dict(errors)  # what each row evaluates: one estimate (N, D), or runs (R, N, D)
+    if len(npe_runs) > 1 and len(args.seeds) > 1:
         # the methods compared by their R² averaged over training runs (not by averaged estimates)
-        label = f"R² averaged over the {len(npe_means)} NPE runs"
+        label = f"R² averaged over the {len(npe_runs)} NPE runs"
         reference = f"R² averaged over the {len(args.seeds)} MLP runs"
         references.append(reference)
-        runs[label] = np.stack(npe_means)
+        runs[label] = np.stack([errors[f"NPE {directory}"] for directory in args.npe])
         results[label] = {reference: compare(runs[label], mlp_runs, truth, names)}
     rows = []
     for label, against in results.items():
