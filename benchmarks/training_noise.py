@@ -10,8 +10,8 @@ test set it
 
 and compares each against the MLP of every seed, per parameter, as the learning curve does (R²
 of the posterior mean, its Monte-Carlo error removed, or of the estimate, and a 95%
-paired-bootstrap interval of the difference). The
-mean of the MLPs of all seeds is the comparator of the NPE mixture (both average several runs).
+paired-bootstrap interval of the difference). The mean of the MLPs of all seeds is the
+comparator of the NPE mixture (both average several runs).
 With several runs of each, the two methods are also compared by their R² averaged over runs:
 the expected accuracy of one training, which is what "NPE ≥ MLP" claims of a method.
 If a retrained MLP falls below the first one on some parameters, "at least the MLP on every
