@@ -87,7 +87,7 @@ def main() -> None:
     truth = test.parameters[names].to_numpy()
     # every estimate as its per-cell squared errors (posterior means: Monte-Carlo error removed)
     errors = {label: squared_errors(p, truth) for label, p in predictions.items()}
-    mlp_runs = np.stack(list(errors.values()))
+    mlp_runs = np.stack([errors[label] for label in predictions])
     if len(args.seeds) > 1:
         mean_prediction = np.mean(list(predictions.values()), axis=0)
         errors[f"MLP mean of {len(args.seeds)} seeds"] = squared_errors(mean_prediction, truth)

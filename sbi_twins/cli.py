@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         lr_schedule=args.lr_schedule,
-        ema_decay=TrainingConfig.ema_decay if args.ema_decay is None else args.ema_decay,
+        ema_decay=args.ema_decay,
     )
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet
@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--ema-decay",
         type=float,
-        help="decay per step of the moving average of the weights (default: TrainingConfig's "
-        "0.999; 0: no averaging)",
+        default=0.999,
+        help="decay per step of the moving average of the weights (0: no averaging)",
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

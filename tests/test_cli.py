@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from sbi_twins.cli import main
+from sbi_twins.cli import build_parser, main
 
 
 def test_list_shows_bundled_models_and_protocols(capsys):
@@ -66,3 +66,13 @@ def test_train_with_an_impossible_averaging_decay_is_a_clean_error(tmp_path, cap
     assert (
         "ema_decay must be in [0, 1) (0: no weight averaging), got 1.5" in capsys.readouterr().err
     )
+
+
+def test_train_defaults_are_those_of_training_config():
+    # The CLI spells its defaults out (importing the training module would pull in torch for
+    # `--help`); this keeps them from drifting apart.
+    from sbi_twins.train import TrainingConfig
+
+    args = build_parser().parse_args(["train", "ds", "--out", "e"])
+    for option in ("max_epochs", "batch_size", "seed", "lr_schedule", "ema_decay"):
+        assert getattr(args, option) == getattr(TrainingConfig, option), option
