@@ -23,7 +23,8 @@ protocol.
 Usage::
 
     python benchmarks/learning_curve.py --train DATA/train --test DATA/test \\
-        --sizes 1000 10000 100000 200000 [--max-epochs 200] [--samples 500]
+        --sizes 1000 10000 100000 200000 [--max-epochs 200] [--flow-max-epochs N] \\
+        [--samples 500]
 
 Writes ``benchmarks/results/learning_curve.json`` and ``learning_curve.png`` and prints tables.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(parser, "learning_curve", max_epochs=200, samples=500)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 200_000])
+    parser.add_argument(
+        "--flow-max-epochs",
+        type=int,
+        default=None,
+        help="epoch cap of the NPE's flow stage (default: --max-epochs)",
+    )
     args = parser.parse_args()
 
     from sbi_twins import open_dataset
@@ -168,7 +176,11 @@ def main() -> None:
         config = TrainingConfig(
             max_cells=max_cells, max_epochs=args.max_epochs, ema_decay=args.ema_decay
         )
-        estimator = train_estimator(args.train, args.work / f"npe_{size}", config)
+        estimator = train_estimator(
+            args.train,
+            args.work / f"npe_{size}",
+            replace(config, flow_max_epochs=args.flow_max_epochs),
+        )
         regressor = train_point_regressor(args.train, args.work / f"mlp_{size}.pt", config)
         # training time from the logs, so a rerun that reuses finished runs still reports it
         npe_seconds = float(
@@ -242,6 +254,7 @@ def _write_results(args, test_cells: int, rows: list, per_parameter: dict) -> No
                 "test_cells": test_cells,
                 "samples_per_cell": args.samples,
                 "max_epochs": args.max_epochs,
+                "flow_max_epochs": args.flow_max_epochs,
                 "ema_decay": args.ema_decay,
                 "rows": rows,
                 "per_parameter": {

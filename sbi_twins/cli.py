@@ -103,6 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainingConfig(
         max_epochs=args.max_epochs,
+        flow_max_epochs=args.flow_max_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         lr_schedule=args.lr_schedule,
@@ -222,7 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an NPE estimator on a dataset (resumable)")
     train.add_argument("dataset", help="dataset directory from `sbi-twins simulate`")
     train.add_argument("--out", required=True, help="estimator directory")
-    train.add_argument("--max-epochs", type=int, default=200)
+    train.add_argument(
+        "--max-epochs",
+        type=int,
+        default=200,
+        help="epoch cap of each stage; rerun with a higher cap to train a finished run further",
+    )
+    train.add_argument(
+        "--flow-max-epochs",
+        type=int,
+        default=None,
+        help="epoch cap of the flow stage (default: --max-epochs)",
+    )
     train.add_argument("--batch-size", type=int, default=256)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(

@@ -13,7 +13,7 @@ bounds, so no posterior mass leaks out and no rejection sampling is needed.
 
 Training is resumable: each stage writes a checkpoint (weights, optimiser, epoch, best state,
 early-stopping counter) atomically after every epoch; rerunning the same command continues from
-it.
+it, and rerunning it with higher epoch caps trains further.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ class TrainingConfig:
     """Network sizes and optimisation settings (defaults sized for CPU training).
 
     ``max_cells`` trains on the first ``max_cells`` cells of the dataset only (learning curves).
-    ``max_epochs`` and ``stop_after_epochs`` apply to each of the two stages.
+    ``max_epochs`` and ``stop_after_epochs`` apply to each of the two stages, unless
+    ``flow_max_epochs`` caps the flow stage differently. At a constant learning rate the caps
+    decide only where a run stops, so rerunning with higher caps continues it (see
+    :func:`training_identity`).
     ``lr_schedule`` is ``"constant"`` or ``"cosine"``: the learning rate falls from
     ``learning_rate`` to 0 along a half cosine over ``max_epochs`` (Loshchilov & Hutter 2017,
     arXiv:1608.03983). Constant is the default because cosine did not help the bundled
@@ -88,6 +91,7 @@ class TrainingConfig:
     validation_fraction: float = 0.1
     stop_after_epochs: int = 20
     max_epochs: int = 200
+    flow_max_epochs: int | None = None
     clip_max_norm: float = 5.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -97,6 +101,8 @@ class TrainingConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("flow", "lr_schedule", "channels", "dense", "max_cells"):
+                continue
+            if f.name == "flow_max_epochs" and value is None:  # None: max_epochs
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"TrainingConfig.{f.name} must be a number >= 0, got {value!r}")
@@ -498,11 +504,13 @@ def train_estimator(
     u_stub, context_stub = summarised.block(0, min(data.n_train, 4096))
     torch.manual_seed(config.seed)
     flow = build_flow(config, u_stub, context_stub)
+    discard_stale_flow_checkpoint(out, stage1["best_state"])
+    flow_epochs = config.max_epochs if config.flow_max_epochs is None else config.flow_max_epochs
     stage2 = fit_streaming(
         flow,
         lambda u, context: flow.loss(u, condition=context),
         summarised,
-        config,
+        replace(config, max_epochs=flow_epochs),
         out / CHECKPOINTS["flow"],
         device=device,
         progress=progress,
@@ -536,13 +544,39 @@ def prior_from_dict(data: dict[str, Any]) -> Prior:
 
 
 def training_identity(ds: Dataset, config: TrainingConfig) -> str:
+    """What a training run's checkpoints belong to: the dataset and the settings that shape the
+    path of training. Epoch caps and early-stopping patience only decide where it stops (unless
+    a cosine schedule is laid out over ``max_epochs``), so a finished run rerun with higher caps
+    continues instead of starting over."""
     settings = config.to_dict()
-    if not config.ema_decay:
-        # Training without averaging is what training was before the setting existed, so
-        # the checkpoints of those runs keep their identity.
-        del settings["ema_decay"]
+    del settings["stop_after_epochs"]
+    if config.lr_schedule == "constant":
+        del settings["max_epochs"], settings["flow_max_epochs"]
     text = json.dumps({"dataset": ds.manifest, "n": len(ds), "config": settings}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def discard_stale_flow_checkpoint(out: Path, summary_state: dict[str, torch.Tensor]) -> None:
+    """The flow stage resumes only on the summary network it was trained on.
+
+    ``out/flow_checkpoint.summary`` holds a hash of that summary network's weights. When the
+    summary stage has since trained further (the run was continued with a higher
+    ``max_epochs``), the flow checkpoint no longer fits its inputs and is removed, with a warning,
+    so that the flow stage starts over.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(summary_state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    marker, checkpoint = out / "flow_checkpoint.summary", out / CHECKPOINTS["flow"]
+    if checkpoint.exists() and (not marker.exists() or marker.read_text() != digest.hexdigest()):
+        warnings.warn(
+            f"{checkpoint} was trained on an earlier state of the summary network, which has "
+            "trained further since; the flow stage starts over",
+            stacklevel=3,
+        )
+        checkpoint.unlink()
+    marker.write_text(digest.hexdigest())
 
 
 def check_checkpoint_identity(marker: Path, checkpoints: list[Path], identity: str) -> None:

@@ -74,5 +74,6 @@ def test_train_defaults_are_those_of_training_config():
     from sbi_twins.train import TrainingConfig
 
     args = build_parser().parse_args(["train", "ds", "--out", "e"])
-    for option in ("max_epochs", "batch_size", "seed", "lr_schedule", "ema_decay"):
+    options = ("max_epochs", "flow_max_epochs", "batch_size", "seed", "lr_schedule", "ema_decay")
+    for option in options:
         assert getattr(args, option) == getattr(TrainingConfig, option), option

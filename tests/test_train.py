@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -246,14 +248,38 @@ def test_estimator_of_another_format_is_refused(estimator, tmp_path):
         load_estimator(tmp_path)
 
 
-def test_training_resumes_from_its_checkpoint(datasets, files):
+def test_a_finished_training_rerun_with_higher_caps_trains_further(datasets, files):
     config = TrainingConfig.from_dict({**SMALL.to_dict(), "max_epochs": 2})
     out = files / "resume"
-    first = train_estimator(datasets[0].directory, out, config, progress=False)
-    longer = TrainingConfig.from_dict({**config.to_dict(), "max_epochs": 3})
+    train_estimator(datasets[0].directory, out, config, progress=False)
+    first = pd.read_csv(out / "training_log.csv")
+
+    # A higher cap for the flow stage only: the summary network is kept, the flow continues.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        continued = train_estimator(
+            datasets[0].directory, out, replace(config, flow_max_epochs=3), progress=False
+        )
+    assert not [w for w in caught if "starts over" in str(w.message)]
+    assert continued.manifest["validation"]["summary_epochs"] == 2
+    assert continued.manifest["validation"]["epochs"] == 3
+    log = pd.read_csv(out / "training_log.csv")
+    pd.testing.assert_frame_equal(log.iloc[:4], first)  # summary 1-2, flow 1-2 kept
+
+    # A higher cap for both: the summary network trains on, so the flow starts over.
+    with pytest.warns(UserWarning, match="earlier state of the summary network"):
+        longer = train_estimator(
+            datasets[0].directory, out, replace(config, max_epochs=3), progress=False
+        )
+    assert longer.manifest["validation"]["summary_epochs"] == 3
+    assert longer.manifest["validation"]["epochs"] == 3
+    log = pd.read_csv(out / "training_log.csv")
+    pd.testing.assert_frame_equal(log.iloc[:2], first.iloc[:2])
+    assert log["stage"].tolist() == ["summary"] * 3 + ["flow"] * 3
+
+    # Other settings make another run, whose checkpoints are not mixed with these.
     with pytest.raises(ValueError, match="checkpoint of another training run"):
-        train_estimator(datasets[0].directory, out, longer, progress=False)
-    assert first.manifest["validation"]["epochs"] == 2
+        train_estimator(datasets[0].directory, out, replace(config, seed=1), progress=False)
 
 
 def test_mlp_point_regressor_learns_g_na(datasets, files):
@@ -377,15 +403,31 @@ def test_weight_averaged_training_resumes_and_returns_the_validated_average(tmp_
     torch.testing.assert_close(resumed_result["best_state"], whole_result["best_state"])
 
 
+class _StubDataset:
+    """What :func:`training_identity` reads of a dataset."""
+
+    manifest = {"name": "stub"}
+
+    def __len__(self):
+        return 10
+
+
 def test_weight_averaging_setting_is_checked_and_part_of_the_run_identity():
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         TrainingConfig(ema_decay=1.0)
 
-    class Stub:
-        manifest = {"name": "stub"}
+    unaveraged = training_identity(_StubDataset(), TrainingConfig(ema_decay=0.0))
+    assert training_identity(_StubDataset(), TrainingConfig(ema_decay=0.999)) != unaveraged
 
-        def __len__(self):
-            return 10
 
-    unaveraged = training_identity(Stub(), TrainingConfig(ema_decay=0.0))
-    assert training_identity(Stub(), TrainingConfig(ema_decay=0.999)) != unaveraged
+def test_epoch_caps_are_part_of_the_run_identity_only_under_a_cosine_schedule():
+    for schedule, same_run in (("constant", True), ("cosine", False)):
+        config = TrainingConfig(lr_schedule=schedule, max_epochs=30)
+        short = training_identity(_StubDataset(), config)
+        for longer in (dict(max_epochs=50), dict(flow_max_epochs=50)):
+            identity = training_identity(_StubDataset(), replace(config, **longer))
+            assert (identity == short) is same_run, (schedule, longer)
+    patient = TrainingConfig(stop_after_epochs=40)
+    assert training_identity(_StubDataset(), patient) == training_identity(
+        _StubDataset(), TrainingConfig()
+    )
