@@ -143,7 +143,8 @@ def machine_info(
     watched_paths: Sequence[str] = (),
 ) -> dict:
     """Date, CPU, Python/numpy, ``libraries`` info, git commit and (if ``watched_paths``) whether
-    those paths have uncommitted changes; with ``avx512f`` also whether the CPU has AVX-512F."""
+    those paths have uncommitted changes; with ``avx512f`` also whether the CPU has AVX-512F.
+    """
     cpu, flags = cpu_model_and_flags()
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -1,4 +1,4 @@
-"""Throughput of training-set generation (``sbi_twins.simulate``) on this machine.
+"""Throughput of training-set generation (``sbi_twins.data``) on this machine.
 
 For the default set-up (kernik2019 + kernik2019_pm40 with its recording model, clark2022 at
 0.1 ms, observation scheme, float32 storage) it measures, with the viability filter on and off:
@@ -41,7 +41,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _timed(out: Path, n: int, spec, workers: int) -> tuple[float, object]:
-    from sbi_twins.simulate import simulate_dataset
+    from sbi_twins.data import simulate_dataset
 
     start = time.perf_counter()
     dataset = simulate_dataset(out, n, spec, workers=workers, progress=False)
@@ -84,8 +84,8 @@ def main() -> None:
         args.off, args.on, args.chunk_size = 96, 48, 16
 
     from sbi_twins import __version__
-    from sbi_twins.simulate import DatasetSpec
-    from sbi_twins.viability import ViabilityRules
+    from sbi_twins.data import DatasetSpec
+    from sbi_twins.physiology.viability import ViabilityRules
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sbi-twins-generate-") as scratch:

@@ -1,7 +1,7 @@
-"""Learning curve: NPE vs the MLP point regressor, by training-set size, on one held-out test set.
+r"""Learning curve: NPE vs the MLP point regressor, by training-set size, on one held-out test set.
 
 For each training size (the first N cells of one training set, so the sets are nested) it trains
-an NPE estimator and the MLP point regressor (``sbi_twins.baseline``) with the same settings and
+an NPE estimator and the MLP point regressor (``baseline.py``) with the same settings and
 split, then evaluates on a fixed held-out synthetic test set (noise and artefacts on):
 
 * per parameter: R^2 and NRMSE of the NPE posterior mean and of the MLP estimate, and the
@@ -54,14 +54,16 @@ def squared_errors(
     Monte-Carlo estimate (posterior variance / draws, per cell and parameter): it is subtracted,
     which makes the errors unbiased for those of the exact posterior mean. The Monte-Carlo
     error is independent of the exact mean's error and adds its variance to the expected
-    squared error; it belongs to the number of draws, not to the method."""
+    squared error; it belongs to the number of draws, not to the method.
+    """
     errors = (estimate - truth) ** 2
     return errors if mc_variance is None else errors - mc_variance
 
 
 def r2_nrmse(errors: np.ndarray, truth: np.ndarray, span: np.ndarray):
     """Per-parameter R² and RMSE / ``span`` from per-cell squared errors (N, D) (see
-    :func:`squared_errors`) of estimates of the true values (N, D)."""
+    :func:`squared_errors`) of estimates of the true values (N, D).
+    """
     mse = errors.mean(axis=0)
     r2 = 1.0 - mse / truth.var(axis=0)
     return r2, np.sqrt(np.maximum(mse, 0.0)) / span
@@ -79,7 +81,8 @@ def r2_difference_interval(
     """95% paired-bootstrap interval of R²(NPE) - R²(MLP) per parameter from their per-cell
     squared errors, resampling test cells: how far apart two R² values can be by the luck of
     the test set alone. Either side may be several training runs' errors (R, N, D), compared by
-    their mean R² (see :func:`mean_r2`)."""
+    their mean R² (see :func:`mean_r2`).
+    """
     rng = np.random.default_rng(seed)
     differences = np.empty((n_boot, truth.shape[1]))
     for b in range(n_boot):
@@ -92,7 +95,8 @@ def r2_difference_interval(
 def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
     """Posterior means (and the variance of their Monte-Carlo estimates from ``n_samples``
     draws), contraction, 90% coverage and log-likelihood of the true parameters on the test
-    set."""
+    set.
+    """
     names = list(estimator.names)
     truth = test.parameters[names].to_numpy()
     prior_var = estimator.prior_variance.to_numpy()
@@ -123,8 +127,9 @@ def add_run_arguments(
 ) -> None:
     """The options shared by the scripts that train on ``--train`` and evaluate on ``--test``:
     epoch cap, weight averaging (for both methods), posterior draws per test cell, work
-    directory (reused by reruns), results file ``results/<name>.json``."""
-    from sbi_twins.train import TrainingConfig
+    directory (reused by reruns), results file ``results/<name>.json``.
+    """
+    from sbi_twins.inference import TrainingConfig
 
     parser.add_argument("--train", type=Path, required=True, help="training dataset")
     parser.add_argument("--test", type=Path, required=True, help="held-out dataset (>= 2000)")
@@ -157,9 +162,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from baseline import train_point_regressor
+
     from sbi_twins import open_dataset
-    from sbi_twins.baseline import train_point_regressor
-    from sbi_twins.train import TrainingConfig, train_estimator
+    from sbi_twins.inference import TrainingConfig, train_estimator
 
     test = open_dataset(args.test)
     if len(test) < 2000:
@@ -189,8 +195,8 @@ def main() -> None:
         mlp_seconds = float(sum(epoch["seconds"] for epoch in regressor.history))
         names = list(estimator.names)
         truth = test.parameters[names].to_numpy()
-        draws = estimator.prior.sample(100_000, seed=4).to_numpy()
-        span = np.quantile(draws, 0.995, axis=0) - np.quantile(draws, 0.005, axis=0)
+        prior = estimator.prior
+        span = (prior.quantile(0.995) - prior.quantile(0.005)).to_numpy()
         estimator.check_dataset(test)
         npe = evaluate_npe(estimator, test, args.samples)
         npe_errors = squared_errors(npe["mean"], truth, npe["mc_variance"])

@@ -1,7 +1,7 @@
 """What the observation scheme keeps and loses, as a function of its length (Kernik 2019).
 
 Random cells of the ``kernik2019_pm40`` prior are simulated under ``clark2022`` at 0.1 ms (114,552
-samples) and reduced by ``sbi_twins.observation.ObservationScheme`` at several settings (scheme
+samples) and reduced by ``sbi_twins.data.windows.ObservationScheme`` at several settings (scheme
 lengths L from ~500 to ~5000, the default among them). For each L:
 
 * **INa peak**: the most negative current at command voltages >= -60 mV (INa does not open
@@ -114,7 +114,7 @@ def storage_errors(exact: np.ndarray, counts: np.ndarray, peak_mask: np.ndarray)
 
 
 def bench_config(label, settings, protocol, traces, times, bounds, repeats) -> dict:
-    from sbi_twins.observation import ObservationScheme
+    from sbi_twins.data.windows import ObservationScheme
 
     scheme = ObservationScheme.for_protocol(protocol, SAMPLE_MS, **(settings or {}))
     counts = (scheme.stops - scheme.starts).astype(float)
@@ -248,9 +248,8 @@ def main(argv=None) -> int:
     protocol = sbi_twins.load_protocol(PROTOCOL)
     times = protocol.times(SAMPLE_MS)
     model = sbi_twins.load_model(MODEL)
+    # an ideal clamp: simulate_vc ignores the draws' recording columns
     params = sbi_twins.load_prior(PRIOR).sample(n_cells, seed=args.seed)
-    # Ideal clamp: only the cell's parameters (the prior may also hold recording parameters).
-    params = params[[c for c in params.columns if c in model.parameter_names]]
     log("warm-up simulation (compiles the kernels if not cached) ...")
     model.simulate_vc(protocol, params.iloc[:1], SAMPLE_MS)
     log(f"simulating {n_cells} cells ...")

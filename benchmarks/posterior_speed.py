@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     import torch
 
     from sbi_twins import load_estimator
-    from sbi_twins.observe import simulate_recordings
+    from sbi_twins.recording import simulate_recordings
 
     load_s, estimator = _timed(lambda: load_estimator(args.estimator), repeats)
     log(f"{estimator}; loaded in {load_s:.2f} s")
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     traces = simulate_recordings(
         estimator.cell_model(),
         estimator.protocol,
-        estimator.prior.with_fixed(theta),
+        theta,
         seeds=np.arange(n_cells) + args.seed,
         sample_interval_ms=estimator.sample_interval_ms,
     )

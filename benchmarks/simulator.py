@@ -75,7 +75,8 @@ AP_UNITS = dict(first_upstroke_ms="ms", CL="ms", APD90="ms", APD50="ms", MDP="mV
 # -------------------------------------------------------------------------------------------
 def draw_parameters(n_cells: int, seed: int) -> pd.DataFrame:
     """``n_cells`` random parameter sets: each of the 52 ``in_52_default`` parameters scaled by
-    an independent U(0.6, 1.4) factor. Row 0 is the baseline (all factors 1)."""
+    an independent U(0.6, 1.4) factor. Row 0 is the baseline (all factors 1).
+    """
     table = pd.read_csv(PARAMS_CSV)
     base = table["baseline_value"].to_numpy(float)
     rng = np.random.default_rng(seed)
@@ -93,7 +94,7 @@ def clamp_expression(protocol, time_var: str = "engine.time") -> str:
     """
     edges = [float(x) for x in protocol.edges_ms]
     parts = []
-    for seg, t0, t1 in zip(protocol.segments, edges[:-1], edges[1:]):
+    for seg, t0, t1 in zip(protocol.segments, edges[:-1], edges[1:], strict=True):
         local = f"({time_var} - {t0!r})"
         if seg.kind == "step":
             value = f"{seg.v_start_mV!r}"
@@ -154,7 +155,7 @@ def myokit_run(
     names = list(params.columns)
     values = params.to_numpy(float)
     for i in range(len(params)):
-        for name, value in zip(names, values[i]):
+        for name, value in zip(names, values[i], strict=True):
             sim.set_constant(name, float(value))
         sim.reset()
         try:
@@ -165,7 +166,7 @@ def myokit_run(
                 d = sim.run(duration_ms + interval_ms / 2, log=myokit.LOG_NONE)
             seconds[i] = time.perf_counter() - t0
         except (myokit.SimulationError, ArithmeticError) as e:  # a draw CVODE cannot do
-            warnings.warn(f"myokit failed on cell {i}: {e}")
+            warnings.warn(f"myokit failed on cell {i}: {e}", stacklevel=2)
             continue
         if log:
             trace = np.asarray(d[var], float)
@@ -244,7 +245,7 @@ def vc_errors(trace: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def _local_ap_features(v: np.ndarray, dt: float) -> dict:
-    """Features of one trace, defined as in SPEC §10 (fallback if sbi_twins.features is absent).
+    """Features of one trace, defined as in SPEC §10 (independent of sbi_twins.physiology).
 
     Beat = upward crossing of -20 mV; upstroke = instant of max dV/dt between the foot (lowest
     sample since the previous crossing) and the peak (parabolic refinement of the sampled
@@ -303,13 +304,15 @@ def _local_ap_features(v: np.ndarray, dt: float) -> dict:
 
 
 def ap_feature_table(v: np.ndarray, dt: float) -> tuple[pd.DataFrame, str]:
-    """Features per cell, from ``sbi_twins.features.ap_features`` when that module exists."""
+    """Features per cell, from ``sbi_twins.physiology.ap_features`` when that module exists."""
     cols = ["n_beats", "first_upstroke_ms", "CL", "APD90", "APD50", "MDP", "peak"]
     try:
-        from sbi_twins.features import ap_features  # written in parallel; may not exist yet
+        from sbi_twins.physiology.features import (
+            ap_features,  # written in parallel; may not exist yet
+        )
     except ImportError:
         rows = [_local_ap_features(row, dt) for row in v]
-        return pd.DataFrame(rows, columns=cols), "local fallback (sbi_twins.features missing)"
+        return pd.DataFrame(rows, columns=cols), "local fallback (no sbi_twins.physiology)"
     try:
         table = pd.DataFrame(ap_features(v, dt))
         if len(table) != v.shape[0]:
@@ -318,7 +321,7 @@ def ap_feature_table(v: np.ndarray, dt: float) -> tuple[pd.DataFrame, str]:
         table = pd.concat(
             [pd.DataFrame(ap_features(row, dt)).iloc[[0]] for row in v], ignore_index=True
         )
-    return table.reset_index(drop=True), "sbi_twins.features.ap_features"
+    return table.reset_index(drop=True), "sbi_twins.physiology.features.ap_features"
 
 
 def ap_errors(feat: pd.DataFrame, ref: pd.DataFrame) -> dict:

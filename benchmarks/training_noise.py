@@ -1,4 +1,4 @@
-"""Training noise: how far per-parameter R² moves between training runs of the same method.
+r"""Training noise: how far per-parameter R² moves between training runs of the same method.
 
 The learning curve's bootstrap interval (``learning_curve.py``) covers the luck of the test set,
 not the luck of training. This script measures the second: on one training set and one held-out
@@ -47,7 +47,8 @@ from learning_curve import (
 def compare(errors: np.ndarray, reference: np.ndarray, truth: np.ndarray, names) -> dict:
     """R² of an estimate against the ``reference`` estimate's, from their per-cell squared
     errors, per parameter, with the parameters where it is lower (and whether significantly).
-    Either may be several runs' errors (R, N, D), compared by their mean R²."""
+    Either may be several runs' errors (R, N, D), compared by their mean R².
+    """
     r2, r2_reference = mean_r2(errors, truth), mean_r2(reference, truth)
     low, high = r2_difference_interval(errors, reference, truth)
     below = {
@@ -61,7 +62,7 @@ def compare(errors: np.ndarray, reference: np.ndarray, truth: np.ndarray, names)
         "significantly_below": int((high < 0).sum()),
         "significantly_above": int((low > 0).sum()),
         "below": below,
-        "r2": dict(zip(names, r2.tolist())),
+        "r2": dict(zip(names, r2.tolist(), strict=True)),
     }
 
 
@@ -72,9 +73,10 @@ def main() -> None:
     parser.add_argument("--npe", type=Path, nargs="*", default=[], help="trained estimators")
     args = parser.parse_args()
 
+    from baseline import train_point_regressor
+
     from sbi_twins import load_estimator, open_dataset
-    from sbi_twins.baseline import train_point_regressor
-    from sbi_twins.train import TrainingConfig
+    from sbi_twins.inference import TrainingConfig
 
     test = open_dataset(args.test)
     predictions, names = {}, None

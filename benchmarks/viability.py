@@ -1,4 +1,4 @@
-"""Cost and agreement of the viability filter (``sbi_twins.viability``) on random prior draws.
+"""Cost and agreement of the viability filter (``sbi_twins.physiology``) on random prior draws.
 
 On N draws of the ``kernik2019_pm40`` prior (model parameters only: recording parameters, if the
 prior has any, do not affect spontaneous activity), one run measures:
@@ -62,8 +62,7 @@ STUDY_WINDOW_MS = (50_000.0, 60_000.0)
 def draw_parameters(model, n: int, seed: int) -> pd.DataFrame:
     from sbi_twins import load_prior
 
-    theta = load_prior(PRIOR).sample(n, seed=seed)
-    return theta[[c for c in theta.columns if c in model.parameter_names]]
+    return load_prior(PRIOR).sample(n, seed=seed)  # the cell simulations ignore recording.*
 
 
 # -------------------------------------------------------------------------------------------
@@ -88,7 +87,7 @@ def timed(fn, repeats: int, threads: int) -> tuple[list[float], pd.DataFrame]:
 def bench_cost(model, theta: pd.DataFrame, repeats: int, log) -> tuple[dict, pd.DataFrame]:
     import numba
 
-    from sbi_twins.viability import ViabilityRules, acceptance_summary, check_viability
+    from sbi_twins.physiology.viability import ViabilityRules, acceptance_summary, check_viability
 
     rules = ViabilityRules()
     whole = rules.settle_ms + rules.window_ms
@@ -129,7 +128,7 @@ def bench_cost(model, theta: pd.DataFrame, repeats: int, log) -> tuple[dict, pd.
 
 
 def bench_numerics(model, theta: pd.DataFrame, coarse: pd.DataFrame, log) -> dict:
-    from sbi_twins.viability import ViabilityRules, check_viability
+    from sbi_twins.physiology.viability import ViabilityRules, check_viability
 
     rules = ViabilityRules()
     strict = replace(rules, sample_interval_ms=0.1, atol_mV=0.02, rtol=2e-3, dt_max_ms=0.2)
@@ -167,7 +166,7 @@ def bench_numerics(model, theta: pd.DataFrame, coarse: pd.DataFrame, log) -> dic
 
 def study_verdicts(model, theta: pd.DataFrame, log) -> pd.Series:
     from sbi_twins import SimulationWarning
-    from sbi_twins.features import ap_features
+    from sbi_twins.physiology.features import ap_features
 
     dt = 0.5
     lo, hi = (round(t / dt) for t in STUDY_WINDOW_MS)
@@ -184,7 +183,7 @@ def study_verdicts(model, theta: pd.DataFrame, log) -> pd.Series:
 
 
 def bench_study(model, theta: pd.DataFrame, log) -> dict:
-    from sbi_twins.viability import ViabilityRules, check_viability
+    from sbi_twins.physiology.viability import ViabilityRules, check_viability
 
     study = study_verdicts(model, theta, log)
     rows = []

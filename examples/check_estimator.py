@@ -1,4 +1,4 @@
-"""Check an estimator on fresh synthetic cells: is it accurate, and is it calibrated?
+"""Check an estimator on fresh synthetic cells: is it accurate, and is it calibrated.
 
 Simulates held-out cells exactly as the estimator's training set was made (same model, prior,
 protocol, recording model and viability rules, another seed), fits them all at once and plots
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import sbi_twins as st  # noqa: E402
-from sbi_twins.viability import ViabilityRules  # noqa: E402
+from sbi_twins.physiology.viability import ViabilityRules  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +52,9 @@ def main() -> None:
 
     truth = cells.parameters[list(est.names)]
     posteriors = est.posteriors(cells.observations[:])
-    draws = np.stack([p.sample(1000, seed=k).to_numpy() for k, p in enumerate(posteriors)])
+    draws = np.stack(
+        [p.sample(1000, seed=k)[truth.columns].to_numpy() for k, p in enumerate(posteriors)]
+    )
     mean = draws.mean(axis=1)
     low, high = np.quantile(draws, [0.05, 0.95], axis=1)
     inside = ((low <= truth.to_numpy()) & (truth.to_numpy() <= high)).mean(axis=0)
@@ -65,7 +67,7 @@ def main() -> None:
 
     shown = list(order[:6]) + list(order[-2:])
     fig, axes = plt.subplots(2, 4, figsize=(14, 7), constrained_layout=True)
-    for ax, i in zip(axes.flat, shown):
+    for ax, i in zip(axes.flat, shown, strict=True):
         ax.errorbar(
             truth.iloc[:, i],
             mean[:, i],

@@ -1,38 +1,44 @@
-"""sbi-twins: electrophysiological digital twins of single cells by simulation-based inference."""
+"""sbi-twins: electrophysiological digital twins of single cells by simulation-based inference.
 
-from importlib.metadata import PackageNotFoundError, version
+The public API is the names in ``__all__`` (documented in README.md, "Public API"). The package
+is layered in data-flow order: :mod:`~sbi_twins.protocol` and :mod:`~sbi_twins.engine`,
+:mod:`~sbi_twins.prior` and :mod:`~sbi_twins.recording`, :mod:`~sbi_twins.physiology`,
+:mod:`~sbi_twins.data`, :mod:`~sbi_twins.inference`, :mod:`~sbi_twins.twins`, and
+:mod:`~sbi_twins.report` with the command line; a module imports only from its own layer or
+lower ones. ``import sbi_twins`` does not import torch: the inference names load it on first use.
+"""
 
-from .model import CellModel, SimulationWarning, load_model
+from . import _util
+from .data import Dataset, DatasetSpec, open_dataset, simulate_dataset
+from .engine import CellModel, SimulationWarning, load_model
 from .prior import Prior, load_prior
 from .protocol import Protocol, Segment, load_protocol
-from .simulate import Dataset, DatasetSpec, open_dataset, simulate_dataset
+from .recording import simulate_recordings
 
-_LAZY = {"CellPosterior", "Estimator", "load_estimator"}  # import torch only when used
+_INFERENCE = {"CellPosterior", "Estimator", "TrainingConfig", "load_estimator", "train_estimator"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        from . import estimator
+    if name in _INFERENCE:  # torch is imported only when inference is used
+        from . import inference
 
-        return getattr(estimator, name)
+        return getattr(inference, name)
     raise AttributeError(f"module 'sbi_twins' has no attribute {name!r}")
 
 
-try:
-    __version__ = version("sbi-twins")
-except PackageNotFoundError:  # running from a source checkout without installation
-    __version__ = "0+unknown"
+__version__ = _util.package_version()
 
 __all__ = [
     "CellModel",
     "CellPosterior",
-    "Estimator",
     "Dataset",
     "DatasetSpec",
+    "Estimator",
     "Prior",
     "Protocol",
     "Segment",
     "SimulationWarning",
+    "TrainingConfig",
     "__version__",
     "load_estimator",
     "load_model",
@@ -40,4 +46,6 @@ __all__ = [
     "load_protocol",
     "open_dataset",
     "simulate_dataset",
+    "simulate_recordings",
+    "train_estimator",
 ]

@@ -15,13 +15,16 @@ from . import _resources
 
 def _demo(args: argparse.Namespace) -> int:
     """Simulate an example cell recorded with the estimator's protocol, fit it, compare the
-    posterior with the truth and the cell's twins; print the summary and write the results."""
-    from .demo import compare_with_truth, example_cell, plot_demo, simulate_cells
-    from .estimator import load_estimator
+    posterior with the truth and the cell's twins; print the summary and write the results.
+    """
+    from .inference import load_estimator
+    from .report import plot_demo
+    from .twins import simulate_twins
 
     estimator = load_estimator(args.estimator)
     print(estimator)
-    truth, trace = example_cell(estimator, args.seed)
+    cells, traces = estimator.simulate_cells(1, seed=args.seed)
+    truth, trace = cells.iloc[0][list(estimator.names)], traces[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     times = estimator.protocol.times(estimator.sample_interval_ms)
@@ -38,7 +41,8 @@ def _demo(args: argparse.Namespace) -> int:
     posterior = estimator.fit(trace)
     samples, summary = posterior.save(out, args.samples, seed=args.seed)
     seconds = time.perf_counter() - start
-    table = compare_with_truth(summary, truth)
+    table = summary.assign(true=truth[summary.index])
+    table["in_hdi"] = (table["true"] >= table["hdi_low"]) & (table["true"] <= table["hdi_high"])
     _print_summary(table)
     print(
         f"fitted in {seconds:.1f} s; true value inside the 94% HDI for {table['in_hdi'].sum()} "
@@ -46,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
     twins = posterior.sample(args.twins, seed=args.seed + 1)
-    simulated = simulate_cells(estimator, pd.concat([truth.to_frame().T, twins]), args.seed)
+    simulated = simulate_twins(estimator, pd.concat([truth.to_frame().T, twins]), args.seed)
     plot_demo(
         out / "twins.png",
         estimator,
@@ -63,8 +67,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     """Generate (or resume) a synthetic training set."""
-    from .simulate import DatasetSpec, simulate_dataset
-    from .viability import ViabilityRules
+    from .data import DatasetSpec, simulate_dataset
+    from .physiology import ViabilityRules
 
     spec = DatasetSpec(
         model=args.model,
@@ -99,7 +103,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train an NPE estimator on a dataset (resumable)."""
-    from .train import TrainingConfig, train_estimator
+    from .inference import TrainingConfig, train_estimator
 
     config = TrainingConfig(
         max_epochs=args.max_epochs,
@@ -132,7 +136,7 @@ def _read_trace(path: Path) -> np.ndarray:
 
 def _fit(args: argparse.Namespace) -> int:
     """Fit one recording with an estimator; write samples, summary and InferenceData."""
-    from .estimator import load_estimator
+    from .inference import load_estimator
 
     estimator = load_estimator(args.estimator)
     trace = _read_trace(Path(args.recording))
@@ -176,10 +180,14 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sbi-twins`` argument parser, one subcommand per verb."""
     parser = argparse.ArgumentParser(
         prog="sbi-twins",
         description="Electrophysiological digital twins of single cells by simulation-based "
         "inference.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -272,13 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sbi-twins`` console script."""
+    """Entry point of the ``sbi-twins`` console script.
+
+    Every error ends in one line on stderr and exit status 2 (1 for an error that is a bug of
+    ours, with a request to report it); ``--debug`` shows the traceback instead.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        print(f"sbi-twins {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"sbi-twins {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        expected = isinstance(error, (ValueError, OSError))
+        message = str(error).strip() or type(error).__name__
+        if not expected:
+            message = (
+                f"{type(error).__name__}: {message} (unexpected: please report it with the "
+                "output of --debug)"
+            )
+        print(f"sbi-twins {args.command}: error: {message}", file=sys.stderr)
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":

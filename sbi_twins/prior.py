@@ -19,11 +19,16 @@ per parameter): ``z = logit`` of the position within the bounds for (log-)unifor
 standard normal, and every ``z`` maps back inside the bounds, so a normalising flow trained on ``z``
 can never propose parameters outside them.
 
-Recording (nuisance) parameters of the amplifier model (:mod:`sbi_twins.observe`) go in
+Recording (nuisance) parameters of the amplifier model (:mod:`sbi_twins.recording`) go in
 ``[[recording]]`` entries with the same fields. Their names are ``recording.<name>`` (listed in
-:data:`sbi_twins.observe.IDEAL`), and their distributions are on the value itself (in the unit in
-the name), not on a multiplier: ``uniform`` may then include negative values. Recording parameters
-not listed keep their ideal-clamp values.
+:data:`sbi_twins.recording.IDEAL`), and their distributions are on the value itself (in the unit
+in the name), not on a multiplier: ``uniform`` may then include negative values. Recording
+parameters not listed keep their ideal-clamp values.
+
+A prior's draws (:meth:`Prior.sample`) hold every parameter a simulation needs: the varying ones
+and the fixed ones. They go whole into the cell simulations (``CellModel.simulate_vc`` and
+``simulate_ap``, which ignore the ``recording.*`` columns: an ideal clamp) and into
+:func:`sbi_twins.recording.simulate_recordings` (which uses them).
 
 Example file::
 
@@ -56,9 +61,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from . import _resources
-from .observe import IDEAL, PREFIX, RANGES
+from ._util import check_integer
+from .recording.parameters import IDEAL, PREFIX, RANGES
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "log_normal", "fixed")
 _FIELDS = {
@@ -131,24 +138,85 @@ class Prior:
         return tuple(n for n in self.names if n.startswith(PREFIX))
 
     def without_recording(self) -> Prior:
-        """This prior with every recording parameter removed: an ideal clamp."""
+        """The prior without its recording parameters: an ideal clamp."""
         kept = [p for p in self.parameters if not p.name.startswith(PREFIX)]
         return Prior(self.model, kept, self.description + " (ideal clamp)", self.source)
 
     def sample(self, n: int, seed: int | np.random.Generator | None = None) -> pd.DataFrame:
-        """Draw ``n`` parameter sets; columns are :attr:`names`, values in model units."""
-        if not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        """Draw ``n`` parameter sets, ready to simulate.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        seed : int, numpy.random.Generator or None
+            Seed of the draws (None: fresh entropy).
+
+        Returns
+        -------
+        pandas.DataFrame
+            (n, D + F), values in model units: the varying parameters (:attr:`names`), then a
+            constant column for every fixed one (:attr:`fixed`).
+        """
+        check_integer("n", n, minimum=1, what="draws")
         rng = np.random.default_rng(seed)
         u = rng.random((n, len(self.names)))
         z = np.where(self._log_normal, rng.standard_normal(u.shape), np.log(u) - np.log1p(-u))
-        return pd.DataFrame(self.from_unbounded(z), columns=list(self.names))
+        return self.with_fixed(pd.DataFrame(self.from_unbounded(z), columns=list(self.names)))
 
     def with_fixed(self, theta: pd.DataFrame) -> pd.DataFrame:
         """``theta`` plus a constant column for every fixed parameter: what a simulation needs
         (fixed model parameters may differ from the model file, fixed recording parameters
-        from the ideal clamp)."""
+        from the ideal clamp).
+        """
         return theta.assign(**{name: value for name, value in self.fixed.items()})
+
+    # -- moments (closed forms) ------------------------------------------------------------------
+    def mean(self) -> pd.Series:
+        """Mean of each varying parameter under the prior (exact), indexed by :attr:`names`."""
+        return pd.Series(self.baselines * self._multiplier_moments()[0], index=list(self.names))
+
+    def variance(self) -> pd.Series:
+        """Variance of each varying parameter under the prior (exact), indexed by :attr:`names`:
+        the reference of posterior contraction.
+        """
+        first, second = self._multiplier_moments()
+        return pd.Series(self.baselines**2 * (second - first**2), index=list(self.names))
+
+    def quantile(self, q: float) -> pd.Series:
+        """The ``q`` quantile of each varying parameter under the prior (exact).
+
+        :meth:`from_unbounded` is monotone in each coordinate (increasing, or decreasing for a
+        negative baseline), so it carries a quantile of ``z`` (standard logistic or standard
+        normal) to the parameter.
+        """
+        if not 0 < q < 1:
+            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        q_z = np.where(self.baselines < 0, 1.0 - q, q)
+        z = np.where(self._log_normal, special.ndtri(q_z), special.logit(q_z))
+        return pd.Series(self.from_unbounded(z[None])[0], index=list(self.names))
+
+    def _multiplier_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """``E[m]`` and ``E[m^2]`` of each multiplier: U(a, b); exp(U(log a, log b)), whose
+        k-th moment is ``(b^k - a^k) / (k log(b / a))``; and exp(N(0, sigma^2)), whose k-th
+        moment is ``exp(k^2 sigma^2 / 2)``.
+        """
+        a, b, sigma = self._low, self._high, self._sigma
+        with np.errstate(divide="ignore", invalid="ignore"):  # np.where evaluates all branches
+            log_width = np.log(b) - np.log(a)
+            moments = [
+                np.where(
+                    self._uniform,
+                    (b ** (k + 1) - a ** (k + 1)) / ((k + 1) * (b - a)),
+                    np.where(
+                        self._log_uniform,
+                        (b**k - a**k) / (k * log_width),
+                        np.exp(0.5 * k**2 * sigma**2),
+                    ),
+                )
+                for k in (1, 2)
+            ]
+        return moments[0], moments[1]
 
     # -- multipliers <-> z ---------------------------------------------------------------------
     def _position(self, m: np.ndarray) -> np.ndarray:
@@ -219,17 +287,11 @@ class Prior:
             density = np.where(inside & ((m > 0) | self._uniform), density, -np.inf)
         return (density - np.log(np.abs(self.baselines))).sum(axis=1)
 
-    def unbounded_distribution(self):
-        """The prior of ``z`` as a torch distribution (sbi-compatible: ``sample``,
-        ``log_prob``, ``event_shape`` (D,)). Imports torch on first use."""
-        from ._torch_prior import StandardPrior
-
-        return StandardPrior(self.log_normal)
-
     @property
     def log_normal(self) -> np.ndarray:
         """True for log-normal parameters (their ``z`` is standard normal), False for
-        (log-)uniform ones (``z`` is the logit of the position within the bounds)."""
+        (log-)uniform ones (``z`` is the logit of the position within the bounds).
+        """
         return self._log_normal.copy()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -258,6 +320,22 @@ class Prior:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Prior:
+        """The prior of a :meth:`to_dict` record (as stored in manifests).
+
+        A record that also holds a ``hash`` (manifests store one) must match it, so a record
+        edited by hand is refused instead of silently describing another prior.
+        """
+        try:
+            entries = [ParameterPrior(**p) for p in data["parameters"]]
+            prior = cls(data["model"], entries, data.get("description", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a prior record ({type(e).__name__}: {e})") from None
+        if "hash" in data and prior.content_hash() != data["hash"]:
+            raise ValueError(f"the record of the prior for {prior.model!r} does not match its hash")
+        return prior
+
     def content_hash(self) -> str:
         """sha256 of the canonical definition (independent of file formatting and location)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -276,7 +354,7 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
         Invalid file: syntax, unknown distribution or field, inverted or non-positive bounds,
         duplicate parameters, or a parameter the model does not have (close names suggested).
     """
-    from .model import load_model
+    from .engine import load_model
 
     path = _resources.resolve(name_or_path, "priors", ".toml")
     try:

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sbi_twins._resources import resolve
+from ._resources import resolve
+from ._util import check_number, check_positive, whole_multiple
 
 __all__ = ["Protocol", "Segment", "load_protocol"]
 
@@ -74,17 +75,10 @@ class Segment:
             "frequency_hz",
             "phase_rad",
         ):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"{field} must be a number, got {value!r}")
-            # Store plain floats so equality, hashing and to_dict() don't depend on int vs float.
-            object.__setattr__(self, field, float(value))
-            if not math.isfinite(getattr(self, field)):
-                raise ValueError(f"{field} must be finite, got {value!r}")
-        if self.duration_ms <= 0:
-            raise ValueError(f"duration_ms must be positive, got {self.duration_ms!r}")
-        if self.frequency_hz < 0:
-            raise ValueError(f"frequency_hz must be >= 0, got {self.frequency_hz!r}")
+            # Plain floats, so equality, hashing and to_dict() don't depend on int vs float.
+            object.__setattr__(self, field, check_number(field, getattr(self, field)))
+        check_positive("duration_ms", self.duration_ms)
+        check_number("frequency_hz", self.frequency_hz, minimum=0.0)
         if self.kind in ("step", "sine") and self.v_end_mV != self.v_start_mV:
             what = "level" if self.kind == "step" else "offset"
             raise ValueError(
@@ -179,12 +173,7 @@ class Protocol:
         for i, seg in enumerate(segments, start=1):
             if not isinstance(seg, Segment):
                 raise ValueError(f"segment {i} must be a Segment, got {type(seg).__name__}")
-        holding = self.holding_mV
-        if isinstance(holding, bool) or not isinstance(holding, (int, float, np.number)):
-            raise ValueError(f"holding_mV must be a number, got {holding!r}")
-        if not math.isfinite(holding):
-            raise ValueError(f"holding_mV must be finite, got {holding!r}")
-        object.__setattr__(self, "holding_mV", float(holding))
+        object.__setattr__(self, "holding_mV", check_number("holding_mV", self.holding_mV))
 
     @property
     def duration_ms(self) -> float:
@@ -214,17 +203,19 @@ class Protocol:
         ValueError
             If the interval is not positive and finite, or does not divide the duration.
         """
-        si = float(sample_interval_ms)
-        if not (math.isfinite(si) and si > 0):
-            raise ValueError(
-                f"sample_interval_ms must be positive and finite, got {sample_interval_ms!r}"
-            )
+        si = check_positive("sample_interval_ms", sample_interval_ms)
         duration = self.duration_ms
-        n_intervals = round(duration / si)
-        if n_intervals < 1 or abs(n_intervals * si - duration) > 1e-6 * duration:
+        n_intervals = whole_multiple(
+            duration,
+            si,
+            name=f"the duration of protocol {self.name!r} (ms)",
+            step_name="sample_interval_ms",
+            hint=_suggest_divisor(duration, si),
+        )
+        if n_intervals < 1:
             raise ValueError(
-                f"protocol {self.name!r} lasts {duration:g} ms, which is not a whole multiple of "
-                f"sample_interval_ms={si:g}; {_suggest_divisor(duration, si)}"
+                f"sample_interval_ms ({si:g}) is longer than protocol {self.name!r} "
+                f"({duration:g} ms); {_suggest_divisor(duration, si)}"
             )
         return np.arange(n_intervals + 1) * si
 
@@ -275,6 +266,28 @@ class Protocol:
             "source": self.source,
             "segments": [asdict(seg) for seg in self.segments],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Protocol:
+        """The protocol of a :meth:`to_dict` record (as stored in manifests).
+
+        A record that also holds a ``hash`` (manifests store one) must match it, so a record
+        edited by hand is refused instead of silently describing another protocol.
+        """
+        try:
+            protocol = cls(
+                data["name"],
+                data["holding_mV"],
+                tuple(Segment(**segment) for segment in data["segments"]),
+                description=data.get("description", ""),
+                source=data.get("source", ""),
+                reference=data.get("reference", ""),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a protocol record ({type(e).__name__}: {e})") from None
+        if "hash" in data and protocol.content_hash() != data["hash"]:
+            raise ValueError(f"the record of protocol {protocol.name!r} does not match its hash")
+        return protocol
 
     def content_hash(self) -> str:
         """Return the sha256 hex digest of the definition (excluding `source`).
@@ -443,13 +456,9 @@ def _parse_segment(raw: dict[str, Any], where: str) -> Segment:
 
 def _number(value: Any, key: str) -> float:
     """Return `value` as a finite float; reject strings, booleans, inf and nan."""
-    # bool is an int subclass; `v_mV = true` is a typo, not 1 mV.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key!r} must be a number, got {value!r}")
-    # Checked here (not only in Segment) so the message uses the TOML key, e.g. offset_mV.
-    if not math.isfinite(value):
-        raise ValueError(f"{key!r} must be a finite number, got {value!r}")
-    return float(value)
+    # Checked here (not only in Segment) so the message uses the TOML key, e.g. offset_mV;
+    # bools are refused: `v_mV = true` is a typo, not 1 mV.
+    return check_number(repr(key), value)
 
 
 def _did_you_mean(unknown: list[str], allowed: tuple[str, ...]) -> str:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+# The benchmarks' comparator (the reference study's MLP, benchmarks/baseline.py) is tested too;
+# the benchmark scripts import it from their own folder, as the tests do here.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 _CREATED_CACHE: str | None = None
 

@@ -24,7 +24,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from sbi_twins import Protocol, Segment, load_protocol
-from sbi_twins.features import ap_features, upstroke_times
+from sbi_twins.physiology.features import ap_features, upstroke_times
 
 DATA = Path(__file__).parent / "data"
 REF_FILES = sorted(DATA.glob("kernik2019_ref_*.npz"))
@@ -44,8 +44,9 @@ def parameter_table() -> pd.DataFrame:
 
 def reference_params(ref: np.lib.npyio.NpzFile, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """The reference file's parameter values keyed by our model names (SPEC name -> model_name)."""
-    to_model = dict(zip(table["name"], table["model_name"]))
-    return {to_model[str(n)]: np.array([v]) for n, v in zip(ref["param_names"], ref["params"])}
+    to_model = dict(zip(table["name"], table["model_name"], strict=True))
+    pairs = zip(ref["param_names"], ref["params"], strict=True)
+    return {to_model[str(n)]: np.array([v]) for n, v in pairs}
 
 
 # -- 1. the reference traces ---------------------------------------------------------------------
@@ -126,14 +127,17 @@ def random_params(parameter_table) -> dict[str, np.ndarray]:
     mult = np.random.default_rng(RANDOM_SEED).uniform(0.6, 1.4, size=(N_RANDOM, len(chosen)))
     return {
         name: base * mult[:, k]
-        for k, (name, base) in enumerate(zip(chosen["model_name"], chosen["baseline_value"]))
+        for k, (name, base) in enumerate(
+            zip(chosen["model_name"], chosen["baseline_value"], strict=True)
+        )
     }
 
 
 @pytest.fixture(scope="module")
 def step_ramp_protocol() -> Protocol:
     """3000 ms of clamp: 141 ms at -80 mV, then the clark2022 segments from 2000 to 4859 ms
-    (steps to +6, -41, +8.5, -80, -81 mV and the ramps -2 -> -34 mV and -52 -> +14 mV)."""
+    (steps to +6, -41, +8.5, -80, -81 mV and the ramps -2 -> -34 mV and -52 -> +14 mV).
+    """
     clark = load_protocol("clark2022")
     segments = (Segment.step(141.0, -80.0), *clark.segments[1:11])
     proto = Protocol("xcheck_steps_ramps", -80.0, segments)
@@ -187,7 +191,8 @@ def cvode_vc(random_params, step_ramp_protocol) -> np.ndarray:
 
 def _run_segments(sim: myokit.Simulation, proto: Protocol, logged: str) -> np.ndarray:
     """Run ``sim`` through the protocol one segment at a time (setting ``xclamp.v0``,
-    ``slope`` and ``t0``) and return ``logged`` on ``proto.times(0.1)``."""
+    ``slope`` and ``t0``) and return ``logged`` on ``proto.times(0.1)``.
+    """
     times, edges = proto.times(0.1), proto.edges_ms
     parts = []
     for k, seg in enumerate(proto.segments):
@@ -250,7 +255,7 @@ def test_spontaneous_upstrokes_match_cvode(kernik, random_params, cvode_ap, cell
         assert np.abs(v - cvode_ap[cell]).max() <= AP_BANDS["MDP"]
 
 
-# -- 2b. The series-resistance clamp (sbi_twins.observe) against CVODE --------------------------
+# -- 2b. The series-resistance clamp (sbi_twins.recording) against CVODE --------------------------
 #
 # The same random cells and step + ramp protocol, clamped through a residual series resistance
 # (time constant tau), with offset and leak. CVODE integrates the artefact ODEs of
@@ -293,7 +298,7 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
     for cell in range(N_RANDOM):
         _set_params(sim, random_params, cell)
         voff = ARTEFACT_CLAMPS[cell][1]
-        for name, value in zip(("tau", "voff", "gl", "el"), ARTEFACT_CLAMPS[cell]):
+        for name, value in zip(("tau", "voff", "gl", "el"), ARTEFACT_CLAMPS[cell], strict=True):
             sim.set_constant(f"xclamp.{name}", value)
         # start on the quasi-steady voltage at -80 mV, as the kernel does
         state = sim.state()
@@ -436,7 +441,8 @@ HH_CL, HH_STIM, HH_DURATION, HH_SI = 20.0, 2.0, 50.0, 0.01
 @pytest.fixture(scope="module")
 def hh_ap_reference(hh_myokit) -> np.ndarray:
     """V every 0.01 ms, paced every 20 ms with 2 ms pulses (pace = 1), by BDF restarted at every
-    stimulus edge."""
+    stimulus edge.
+    """
     model = hh_myokit
     times = np.arange(round(HH_DURATION / HH_SI) + 1) * HH_SI
     out = np.full(times.size, np.nan)
@@ -444,11 +450,15 @@ def hh_ap_reference(hh_myokit) -> np.ndarray:
     out[0] = y[0]
     starts = np.arange(0.0, HH_DURATION, HH_CL)
     edges = np.unique(np.concatenate([starts, starts + HH_STIM, [HH_DURATION]]))
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         pace = 1.0 if (a % HH_CL) < HH_STIM - 1e-9 else 0.0
         idx = np.flatnonzero((times > a + 1e-9) & (times <= b + 1e-9))
         sol = solve_ivp(
-            lambda t, s: _derivatives(model, s, pace), (a, b), y, t_eval=times[idx], **BDF
+            lambda t, s, pace=pace: _derivatives(model, s, pace),
+            (a, b),
+            y,
+            t_eval=times[idx],
+            **BDF,
         )
         assert sol.success, sol.message
         out[idx] = sol.y[0]

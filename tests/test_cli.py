@@ -14,7 +14,8 @@ def test_list_shows_bundled_models_and_protocols(capsys):
 
 def test_demo_fits_an_example_cell_with_the_bundled_estimator(tmp_path, capsys):
     """The main job end to end: the bundled default estimator's posterior of an unseen cell is
-    consistent with its true parameters (about 94% of them inside the 94% HDI)."""
+    consistent with its true parameters (about 94% of them inside the 94% HDI).
+    """
     code = main(["demo", "--samples", "2000", "--twins", "3", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
@@ -25,7 +26,8 @@ def test_demo_fits_an_example_cell_with_the_bundled_estimator(tmp_path, capsys):
     inside = (truth >= summary["hdi_low"]) & (truth <= summary["hdi_high"])
     assert inside.sum() >= 50  # expected 55.5 of 59 for a calibrated posterior, sd 1.8
     assert (summary["contraction"] > 0.5).sum() >= 5  # the recording pins several down
-    assert pd.read_csv(tmp_path / "samples.csv").shape == (2000, 59)
+    samples = pd.read_csv(tmp_path / "samples.csv")  # ready to simulate: fixed values too
+    assert samples.shape == (2000, 60) and (samples["recording.lowpass_kHz"] == 2.0).all()
     recording = pd.read_csv(tmp_path / "example_cell.csv")
     assert recording.shape == (114_552, 3) and np.isfinite(recording.to_numpy()).all()
     assert (tmp_path / "twins.png").stat().st_size > 20_000
@@ -41,7 +43,7 @@ def test_unknown_model_is_a_clean_error(tmp_path, capsys):
 def test_simulate_bad_input_is_a_clean_error(tmp_path, capsys):
     assert main(["simulate", "-n", "0", "--out", str(tmp_path / "ds")]) == 2
     err = capsys.readouterr().err
-    assert "n must be a positive integer" in err and "Traceback" not in err
+    assert "n must be an integer >= 1" in err and "Traceback" not in err
     args = ["simulate", "-n", "1", "--out", str(tmp_path), "--prior", "missing_prior"]
     assert main(args) == 2
     assert "unknown prior 'missing_prior'" in capsys.readouterr().err
@@ -57,7 +59,8 @@ def test_fit_with_a_missing_estimator_is_a_clean_error(tmp_path, capsys):
 def test_train_with_an_unknown_schedule_is_a_clean_error(tmp_path, capsys):
     args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--lr-schedule", "step"]
     assert main(args) == 2
-    assert "lr_schedule must be one of ('constant', 'cosine')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lr_schedule must be one of 'constant', 'cosine', got 'step'" in err
 
 
 def test_train_with_an_impossible_averaging_decay_is_a_clean_error(tmp_path, capsys):
@@ -71,9 +74,32 @@ def test_train_with_an_impossible_averaging_decay_is_a_clean_error(tmp_path, cap
 def test_train_defaults_are_those_of_training_config():
     # The CLI spells its defaults out (importing the training module would pull in torch for
     # `--help`); this keeps them from drifting apart.
-    from sbi_twins.train import TrainingConfig
+    from sbi_twins.inference import TrainingConfig
 
     args = build_parser().parse_args(["train", "ds", "--out", "e"])
     options = ("max_epochs", "flow_max_epochs", "batch_size", "seed", "lr_schedule", "ema_decay")
     for option in options:
         assert getattr(args, option) == getattr(TrainingConfig, option), option
+
+
+def test_train_validates_every_setting_before_touching_the_dataset(tmp_path, capsys):
+    args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--batch-size", "0"]
+    assert main(args) == 2
+    assert "TrainingConfig.batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import pytest
+
+    from sbi_twins import cli
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli, "_list", broken)
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KeyError: 'boom' (unexpected: please report it" in err
+    with pytest.raises(KeyError, match="boom"):
+        main(["--debug", "list"])

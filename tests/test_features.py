@@ -1,5 +1,6 @@
-"""Tests for sbi_twins.features: AP features on synthetic traces with known answers and on the
-Kernik 2019 reference traces."""
+"""Tests for sbi_twins.physiology.features: AP features on synthetic traces with known answers
+and on the Kernik 2019 reference traces.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sbi_twins.features import FEATURE_COLUMNS, ap_features, upstroke_times
+from sbi_twins.physiology.features import FEATURE_COLUMNS, ap_features, upstroke_times
 
 DATA = Path(__file__).parent / "data"
 REF_FILES = sorted(DATA.glob("kernik2019_ref_*.npz"))
@@ -77,7 +78,7 @@ def test_known_features_of_piecewise_aps():
     assert f.peak == pytest.approx(np.mean(peaks[:3]), abs=1e-9)
     assert f.MDP == pytest.approx(np.mean(mdps[:3]), abs=1e-9)
     for x, col in ((0.9, "APD90"), (0.5, "APD50")):
-        want = np.mean([expected_apd(p, m, x) for p, m in zip(peaks[:3], mdps[:3])])
+        want = np.mean([expected_apd(p, m, x) for p, m in zip(peaks[:3], mdps[:3], strict=True)])
         assert f[col] == pytest.approx(want, abs=1e-6), col
 
 
@@ -157,7 +158,8 @@ def test_all_nan_input_and_empty_batch():
 
 def test_small_oscillation_around_threshold_is_reported_as_such():
     """An arrested cell oscillating around -20 mV counts beats, but with a tiny amplitude, so a
-    viability filter on peak and MDP can reject it."""
+    viability filter on peak and MDP can reject it.
+    """
     t = np.arange(0, 5000, DT)
     v = -20.0 + 3.0 * np.sin(2 * np.pi * t / 500.0 + 0.3)
     f = ap_features(v, DT).iloc[0]
@@ -196,13 +198,14 @@ def test_bad_input(call, match):
 @pytest.mark.parametrize("path", REF_FILES, ids=lambda p: p.stem)
 def test_reference_features_match_summary(path):
     """Our features of the 0.5 ms reference traces agree with the features the reference
-    generator computed from the solver's dense output (summary.json)."""
+    generator computed from the solver's dense output (summary.json).
+    """
     ref = np.load(path)
-    summary = dict(zip(ref["ref_feature_names"].tolist(), ref["ref_ap_features"]))
+    summary = dict(zip(ref["ref_feature_names"].tolist(), ref["ref_ap_features"], strict=True))
     f = ap_features(ref["ap_V"], float(ref["ap_dt_ms"])).iloc[0]
     ups = upstroke_times(ref["ap_V"], float(ref["ap_dt_ms"]))
 
-    # summary.json counts complete beats (see the sbi_twins.features docstring).
+    # summary.json counts complete beats (see the sbi_twins.physiology.features docstring).
     assert f.n_beats == summary["n_beats"] + 1 == ups.size
     if summary["n_beats"] == 0:
         assert f.drop(["n_beats", "first_upstroke_ms"]).isna().all()

@@ -1,5 +1,6 @@
-"""API contract of sbi_twins.model: loading, parameters, input validation, failure reporting,
-pacing and the on-disk kernel cache."""
+"""API contract of sbi_twins.engine: loading, parameters, input validation, failure reporting,
+pacing and the on-disk kernel cache.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 
 from sbi_twins import Protocol, Segment, SimulationWarning, load_model
-from sbi_twins.features import upstroke_times
+from sbi_twins.physiology.features import upstroke_times
 
 DATA = Path(__file__).parent / "data"
 SIMULATORS = Path(__file__).resolve().parent.parent / "simulators"
@@ -50,10 +51,10 @@ def test_kernik_parameters_cover_the_parameter_table(kernik):
     table = pd.read_csv(DATA / "kernik2019_parameters.csv")
     names = kernik.parameter_names
     assert isinstance(names, tuple) and len(names) == 131 and len(set(names)) == 131
-    defaults = dict(zip(names, kernik.default_parameters))
+    defaults = dict(zip(names, kernik.default_parameters, strict=True))
     missing = set(table["model_name"]) - set(names)
     assert not missing
-    for name, baseline in zip(table["model_name"], table["baseline_value"]):
+    for name, baseline in zip(table["model_name"], table["baseline_value"], strict=True):
         assert defaults[name] == baseline, name
 
 
@@ -193,7 +194,7 @@ def test_sample_interval_must_divide_protocol(kernik):
 
 
 def test_sample_interval_must_divide_duration(hh):
-    with pytest.raises(ValueError, match="not a multiple"):
+    with pytest.raises(ValueError, match="must be a whole multiple"):
         hh.simulate_ap(None, 10.0, 0.3)
 
 
@@ -272,7 +273,8 @@ def test_non_finite_ap_cell_is_nan_and_named(kernik):
 
 def test_paced_kernik_follows_the_stimulus(kernik):
     """Baseline Kernik beats every 982 ms on its own; paced at 800 ms, every stimulus
-    (t = 0, 800, ..., 3200 ms) triggers exactly one upstroke within 10 ms."""
+    (t = 0, 800, ..., 3200 ms) triggers exactly one upstroke within 10 ms.
+    """
     stimuli = np.arange(0.0, 4000.0, 800.0)
     paced = upstroke_times(kernik.simulate_ap(None, 4000, 0.5, cycle_length_ms=800)[0], 0.5)
     assert paced.size == stimuli.size
@@ -324,7 +326,8 @@ def test_second_process_loads_compiled_kernels_from_disk(tmp_path):
 
 def test_ap_continues_from_its_final_state(kernik):
     """Two 1.5 s pieces chained through the final state follow one 3 s run: the adaptive step
-    restarts at the join, so agreement is within the integration tolerance, not exact."""
+    restarts at the join, so agreement is within the integration tolerance, not exact.
+    """
     whole = kernik.simulate_ap(duration_ms=3000)
     first, state = kernik.simulate_ap(duration_ms=1500, return_final_state=True)
     second = kernik.simulate_ap(duration_ms=1500, initial_state=state)

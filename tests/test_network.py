@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sbi_twins.network import POSITION_MARGIN, anchors, positions
+from sbi_twins.inference.config import TrainingConfig
+from sbi_twins.inference.networks import POSITION_MARGIN, anchors, build_network, positions
 from sbi_twins.prior import ParameterPrior, Prior, load_prior
-from sbi_twins.train import TrainingConfig, build_network
 
 
 def test_positions_are_uniform_or_normal_under_the_prior_and_anchors_invert_them():
@@ -36,7 +36,8 @@ def test_positions_are_uniform_or_normal_under_the_prior_and_anchors_invert_them
 
 def test_log_prob_is_the_flow_density_of_the_shifted_draws():
     """q(z | x) = q_u(z - anchor(x) | context(x)): a shift with unit Jacobian, so the density of
-    a draw equals the flow's density of the same draw minus its anchor."""
+    a draw equals the flow's density of the same draw minus its anchor.
+    """
     prior = load_prior("kernik2019_pm40")
     config = TrainingConfig(dense=(32,), embedding_hidden=32, embedding_dim=8, num_transforms=2)
     torch.manual_seed(0)

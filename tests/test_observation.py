@@ -1,4 +1,4 @@
-"""Tests for sbi_twins.observation: window layout, averaging, serialisation and bad input."""
+"""Tests for sbi_twins.data.windows: window layout, averaging, serialisation and bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sbi_twins import Protocol, Segment, load_prior, load_protocol
-from sbi_twins.observation import STORAGE_DTYPE, ObservationScheme, ObservationSettings
+from sbi_twins.data.windows import STORAGE_DTYPE, ObservationScheme, ObservationSettings
 
 DATA = Path(__file__).parent / "data"
 REF_FILES = sorted(DATA.glob("kernik2019_ref_0*.npz"))
@@ -141,7 +141,9 @@ def test_windows_tile_and_respect_edges(case, clark, odd_protocol):
 
 def test_dense_after_jumps_and_sub_sample_pulse(odd_protocol):
     scheme = ObservationScheme.for_protocol(odd_protocol, 0.5, dense_ms=2.0)
-    widths = dict(zip(scheme.starts.tolist(), (scheme.stops - scheme.starts).tolist()))
+    widths = dict(
+        zip(scheme.starts.tolist(), (scheme.stops - scheme.starts).tolist(), strict=True)
+    )
     # The 0.2 ms pulse holds no sample; the step after it (from sample 21 = 10.5 ms) must still
     # start densely, as after a jump.
     assert [widths[i] for i in range(21, 25)] == [1, 1, 1, 1]
@@ -164,7 +166,10 @@ def test_mean_semantics_match_slow_loop(clark_scheme):
     x = np.random.default_rng(0).normal(size=(2, clark_scheme.n_samples)) * 50
     obs = clark_scheme.apply(x)
     slow = np.array(
-        [[row[a:b].mean() for a, b in zip(clark_scheme.starts, clark_scheme.stops)] for row in x]
+        [
+            [row[a:b].mean() for a, b in zip(clark_scheme.starts, clark_scheme.stops, strict=True)]
+            for row in x
+        ]
     )
     np.testing.assert_allclose(obs, slow, rtol=1e-6, atol=1e-5)
 
@@ -283,13 +288,13 @@ def test_nonfinite_message_and_propagation(clark_scheme):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"growth": 0.9}, "growth must be >= 1"),
-        ({"max_window_ms": 0}, "max_window_ms must be positive"),
-        ({"ramp_window_ms": -1.0}, "ramp_window_ms must be positive"),
-        ({"dense_ms": -0.5}, "dense_ms must be >= 0"),
-        ({"growth": float("nan")}, "growth must be finite"),
-        ({"dense_ms": "1"}, "dense_ms must be a number"),
-        ({"dense_ms": True}, "dense_ms must be a number"),
+        ({"growth": 0.9}, "growth must be a finite number >= 1"),
+        ({"max_window_ms": 0}, "max_window_ms must be a finite number > 0"),
+        ({"ramp_window_ms": -1.0}, "ramp_window_ms must be a finite number > 0"),
+        ({"dense_ms": -0.5}, "dense_ms must be a finite number >= 0"),
+        ({"growth": float("nan")}, "growth must be a finite number >= 1"),
+        ({"dense_ms": "1"}, "dense_ms must be a finite number"),
+        ({"dense_ms": True}, "dense_ms must be a finite number"),
         ({"dens_ms": 1.0}, "unknown observation setting.*dens_ms.*valid: dense_ms"),
     ],
 )
@@ -299,7 +304,7 @@ def test_bad_settings(clark, settings, message):
 
 
 def test_bad_sample_interval(clark):
-    with pytest.raises(ValueError, match="not a whole multiple"):
+    with pytest.raises(ValueError, match="must be a whole multiple"):
         ObservationScheme.for_protocol(clark, 0.3)
 
 

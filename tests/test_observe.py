@@ -1,4 +1,4 @@
-"""The recording model: series resistance, leak, offset, noise and filter (sbi_twins.observe)."""
+"""The recording model: series resistance, leak, offset, noise and filter (sbi_twins.recording)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from conftest import DATA
 from scipy import signal
 
 from sbi_twins import Protocol, Segment, load_model, load_protocol
-from sbi_twins.observe import IDEAL, clamp_matrix, recording_table, simulate_recordings
+from sbi_twins.recording import IDEAL, recording_table, simulate_recordings
+from sbi_twins.recording.artefacts import clamp_matrix
 
 # passive_leak.mmt: I_ion = g (V - E)
 G, E = 0.05, -10.0
@@ -37,7 +38,8 @@ def _frame(**recording) -> pd.DataFrame:
 def test_membrane_voltage_lags_with_the_rs_cm_time_constant(passive, step_protocol, rs, cm, alpha):
     """Hand-solved: dV/dt = (V_cmd - V)/tau - g (V - E), tau = (1 - alpha) Rs Cm, so after the
     step to 0 mV, V relaxes exponentially with rate 1/tau + g to (V_cmd/tau + g E)/(1/tau + g);
-    the recorded current is (V_est - V)/tau with V_est = V_cmd lagged by tau."""
+    the recorded current is (V_est - V)/tau with V_est = V_cmd lagged by tau.
+    """
     tau = (1 - alpha) * rs * cm * 1e-3
     table = recording_table(_frame(rs_MOhm=rs, cm_pF=cm, rs_compensation=alpha), 1)
     current, v = passive.simulate_vc_artefacts(step_protocol, None, clamp_matrix(table))
@@ -60,7 +62,8 @@ def test_leak_current_at_a_known_voltage(passive, step_protocol):
     """With no series resistance (the 0.1 us floor of tau) the membrane sits at the command, and
     the seal leak adds
     (V - E_leak) / (R_seal Cm) to the cell's current: at -80 mV with E_leak = 5 mV, R_seal =
-    0.5 GOhm and Cm = 40 pF that is -85 / 20 = -4.25 pA/pF."""
+    0.5 GOhm and Cm = 40 pF that is -85 / 20 = -4.25 pA/pF.
+    """
     frame = _frame(cm_pF=40.0, r_seal_GOhm=0.5, e_leak_mV=5.0)
     recorded = simulate_recordings(passive, step_protocol, frame)[0]
     v = step_protocol.voltage(step_protocol.times(0.1))

@@ -9,7 +9,8 @@ import torch
 from conftest import DATA
 from scipy import stats
 
-from sbi_twins import load_model, load_prior
+from sbi_twins import Prior, load_model, load_prior
+from sbi_twins.inference.torch_prior import StandardPrior
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_samples_are_reproducible_and_inside_the_bounds(pm40):
 
 @pytest.mark.parametrize("n", [0, -3, 2.5])
 def test_sample_size_must_be_positive_integer(pm40, n):
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         pm40.sample(n)
 
 
@@ -100,27 +101,27 @@ def mixed(tmp_path):
 
 
 def test_density_is_the_change_of_variables_of_the_unbounded_density(mixed):
-    """log p(theta) = log p(z) + log |dz/dtheta|, with p(z) the torch distribution."""
+    """Log p(theta) = log p(z) + log |dz/dtheta|, with p(z) the torch distribution."""
     assert mixed.names == ("ina.g_Na", "ik.g_K", "il.E_L") and mixed.fixed == {"membrane.Cm": 2.0}
-    theta = mixed.sample(50, seed=3).to_numpy()
+    theta = mixed.sample(50, seed=3)[list(mixed.names)].to_numpy()
     z = mixed.to_unbounded(theta)
     eps = 1e-7 * np.abs(theta)
     # the map is diagonal, so one central difference per coordinate gives dz_k/dtheta_k
     jac = (mixed.to_unbounded(theta + eps) - mixed.to_unbounded(theta - eps)) / (2 * eps)
-    log_pz = mixed.unbounded_distribution().log_prob(torch.as_tensor(z)).numpy()
+    log_pz = StandardPrior(mixed.log_normal).log_prob(torch.as_tensor(z)).numpy()
     expected = log_pz + np.log(np.abs(jac)).sum(1)
     np.testing.assert_allclose(mixed.log_prob(theta), expected, atol=1e-5)
 
 
 def test_log_uniform_and_log_normal_marginals(mixed):
-    m = mixed.sample(20_000, seed=4).to_numpy() / mixed.baselines
+    m = mixed.sample(20_000, seed=4)[list(mixed.names)].to_numpy() / mixed.baselines
     log_uniform = stats.uniform(np.log(0.1), np.log(100.0))
     assert stats.kstest(np.log(m[:, 1]), log_uniform.cdf).pvalue > 1e-3
     assert stats.kstest(np.log(m[:, 2]) / 0.2, "norm").pvalue > 1e-3
 
 
 def test_torch_distribution_is_sbi_shaped_and_maps_inside_bounds(pm40):
-    dist = pm40.unbounded_distribution()
+    dist = StandardPrior(pm40.log_normal)
     torch.manual_seed(0)
     z = dist.sample((500,))
     assert z.shape == (500, 52) and dist.event_shape == (52,)
@@ -180,9 +181,40 @@ def test_bundled_recording_section_values_ranges_and_density():
     assert theta["recording.rs_compensation"].between(0, 0.95).all()
     assert np.isfinite(full.log_prob(theta)).all()
     z = full.to_unbounded(theta)
-    np.testing.assert_allclose(full.from_unbounded(z), theta.to_numpy(), rtol=1e-10, atol=1e-12)
-    completed = full.with_fixed(theta)
-    assert (completed["recording.lowpass_kHz"] == 2.0).all()
+    varying = theta[list(full.names)].to_numpy()
+    np.testing.assert_allclose(full.from_unbounded(z), varying, rtol=1e-10, atol=1e-12)
+    # draws are ready to simulate: the varying parameters, then the fixed ones
+    assert list(theta.columns) == [*full.names, "recording.lowpass_kHz"]
+    assert (theta["recording.lowpass_kHz"] == 2.0).all()
+
+
+def test_moments_are_the_closed_forms(mixed, pm40):
+    """Exact prior means and variances against 400,000 draws (uniform, log-uniform, log-normal,
+    and the recording section's value-scale entries).
+    """
+    for prior in (mixed, load_prior("kernik2019_pm40")):
+        draws = prior.sample(400_000, seed=11)[list(prior.names)]
+        sd = draws.std()
+        assert (np.abs(prior.mean() - draws.mean()) < 5 * sd / np.sqrt(len(draws))).all()
+        np.testing.assert_allclose(prior.variance(), draws.var(), rtol=0.03)
+    full = load_prior("kernik2019_pm40")
+    draws = full.sample(400_000, seed=12)[list(full.names)]
+    for q in (0.005, 0.5, 0.995):  # negative baselines too (the quantiles swap ends)
+        assert (np.abs(full.quantile(q) - draws.quantile(q)) < 0.02 * draws.std()).all()
+    # uniform(0.6, 1.4) multiplier of baseline b: variance b^2 0.8^2 / 12
+    b = pm40.baselines[list(pm40.names).index("ina.g_Na")]
+    assert pm40.variance()["ina.g_Na"] == pytest.approx(b**2 * 0.8**2 / 12, rel=1e-12)
+
+
+def test_a_record_rebuilds_the_prior_and_an_edited_one_is_refused(pm40):
+    record = {"hash": pm40.content_hash(), **pm40.to_dict()}
+    rebuilt = Prior.from_dict(record)
+    assert rebuilt.content_hash() == pm40.content_hash() and rebuilt.names == pm40.names
+    record["parameters"][0]["high"] = 9.0
+    with pytest.raises(ValueError, match="does not match its hash"):
+        Prior.from_dict(record)
+    with pytest.raises(ValueError, match="not a prior record"):
+        Prior.from_dict({"model": "kernik2019"})
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_every_edge_on_grid_takes_new_segment_value():
     proto = load_protocol("clark2022")
     t = proto.times(0.1)
     v = proto.voltage(t)
-    for start, seg in zip(proto.edges_ms[:-1], proto.segments):
+    for start, seg in zip(proto.edges_ms[:-1], proto.segments, strict=True):
         k = round(start / 0.1)
         assert v[k] == seg.v_start_mV, f"sample at edge {start} ms"
 
@@ -130,14 +130,14 @@ frequency_hz = 2
 @pytest.mark.parametrize(
     "args, extra, match",
     [
-        (("step", 0, 0, 0), {}, "duration_ms must be positive"),
-        (("step", math.inf, 0, 0), {}, "duration_ms must be finite"),
-        (("ramp", 1, math.nan, 0), {}, "v_start_mV must be finite"),
+        (("step", 0, 0, 0), {}, "duration_ms must be a finite number > 0"),
+        (("step", math.inf, 0, 0), {}, "duration_ms must be a finite number, got inf"),
+        (("ramp", 1, math.nan, 0), {}, "v_start_mV must be a finite number, got nan"),
         (("sine", 1, 0, 0), {"frequency_hz": -1}, "frequency_hz"),
         (("step", 1, 0, 5), {}, "must be equal"),
         (("ramp", 1, 0, 5), {"amplitude_mV": 3}, "only apply to sine"),
         (("square", 1, 0, 0), {}, "step, ramp, sine"),
-        (("step", "1", 0, 0), {}, "duration_ms must be a number"),
+        (("step", "1", 0, 0), {}, "duration_ms must be a finite number, got '1'"),
     ],
 )
 def test_segment_validation(args, extra, match):
@@ -148,7 +148,7 @@ def test_segment_validation(args, extra, match):
 def test_protocol_validation():
     with pytest.raises(ValueError, match="no segments"):
         Protocol("empty", -80.0, ())
-    with pytest.raises(ValueError, match="holding_mV must be finite"):
+    with pytest.raises(ValueError, match="holding_mV must be a finite number"):
         Protocol("x", math.nan, (Segment.step(1, 0),))
     proto = Protocol("x", -80, [Segment.step(1, 0)])  # list accepted, stored as tuple
     assert isinstance(proto.segments, tuple) and proto.holding_mV == -80.0
@@ -159,12 +159,12 @@ def test_protocol_validation():
 
 @pytest.mark.parametrize("si", [0.0, -0.1, math.nan, math.inf])
 def test_times_rejects_bad_interval(si):
-    with pytest.raises(ValueError, match="positive and finite"):
+    with pytest.raises(ValueError, match="sample_interval_ms must be a finite number > 0"):
         load_protocol("clark2022").times(si)
 
 
 def test_times_rejects_non_divisor_and_suggests_one():
-    with pytest.raises(ValueError, match=r"not a whole multiple.*try sample_interval_ms=0\.1"):
+    with pytest.raises(ValueError, match=r"must be a whole multiple.*try sample_interval_ms=0\.1"):
         load_protocol("clark2022").times(0.3)
     assert load_protocol("kernik_steps").times(0.5).shape == (20001,)
 
@@ -260,8 +260,8 @@ def test_unknown_key_lists_allowed(tmp_path):
 @pytest.mark.parametrize(
     "value, match",
     [
-        ("0", "duration_ms must be positive"),
-        ("-5", "duration_ms must be positive"),
+        ("0", "duration_ms must be a finite number > 0"),
+        ("-5", "duration_ms must be a finite number > 0"),
         ("inf", "'duration_ms' must be a finite number"),
         ("nan", "'duration_ms' must be a finite number"),
     ],
@@ -277,7 +277,7 @@ def test_bad_duration(tmp_path, value, match):
 @pytest.mark.parametrize("value", ['"abc"', "true", "[1, 2]"])
 def test_non_numeric_value(tmp_path, value):
     path = write(tmp_path, GOOD_HEADER + SEG_STEP.replace("v_mV = -80", f"v_mV = {value}"))
-    with pytest.raises(ValueError, match=r"segment 1 \(line 3\): 'v_mV' must be a number"):
+    with pytest.raises(ValueError, match=r"segment 1 \(line 3\): 'v_mV' must be a finite number"):
         load_protocol(path)
 
 
@@ -294,7 +294,7 @@ def test_non_finite_sine_offset_names_toml_key(tmp_path):
 
 def test_non_numeric_holding(tmp_path):
     path = write(tmp_path, 'holding_mV = "low"\n' + SEG_STEP)
-    with pytest.raises(ValueError, match="'holding_mV' must be a number"):
+    with pytest.raises(ValueError, match="'holding_mV' must be a finite number"):
         load_protocol(path)
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from sbi_twins.simulate import (
+from sbi_twins.data import (
     ChunkedArray,
     DatasetMismatchError,
     DatasetSpec,
@@ -131,8 +131,9 @@ def test_dask_local_cluster_equals_the_local_run(tmp_path, spec, reference):
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, protocol_file):
-    """kill -9 the CLI once a shard is on disk, leave a half-written shard, rerun: identical
-    to an uninterrupted run, and the finished shard was not redone."""
+    """Kill -9 the CLI once a shard is on disk, leave a half-written shard, rerun: identical
+    to an uninterrupted run, and the finished shard was not redone.
+    """
     out = tmp_path / "killed"
     command = [
         sys.executable,
@@ -216,7 +217,7 @@ def test_filter_off_keeps_every_cell_that_simulates(tmp_path, protocol_file):
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, True])
 def test_n_must_be_positive(tmp_path, spec, n):
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         simulate_dataset(tmp_path / "x", n, spec, workers=1, progress=False)
 
 

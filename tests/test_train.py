@@ -5,25 +5,22 @@ from __future__ import annotations
 import textwrap
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from baseline import train_point_regressor
 
-from sbi_twins.baseline import train_point_regressor
-from sbi_twins.estimator import hdi, load_estimator
-from sbi_twins.model import load_model
-from sbi_twins.observe import simulate_recordings
-from sbi_twins.simulate import DatasetSpec, simulate_dataset
-from sbi_twins.train import (
-    RowBlocks,
-    TrainingConfig,
-    WeightAverage,
-    fit_streaming,
-    train_estimator,
-    training_identity,
-)
+from sbi_twins.data import DatasetSpec, open_dataset, simulate_dataset
+from sbi_twins.engine import load_model
+from sbi_twins.inference import TrainingConfig, load_estimator, train_estimator
+from sbi_twins.inference.loop import WeightAverage, fit_streaming
+from sbi_twins.inference.npe import training_identity
+from sbi_twins.inference.posterior import hdi
+from sbi_twins.inference.rows import RowBlocks
+from sbi_twins.recording import simulate_recordings
 
 PRIOR = """
 model = "kernik2019"
@@ -125,7 +122,8 @@ def estimator(datasets, files):
 
 def test_g_na_is_recovered_and_calibrated(estimator, datasets):
     """The 90% central interval of g_Na holds the true value on close to 90% of held-out cells,
-    and the posterior mean explains most of its variance."""
+    and the posterior mean explains most of its variance.
+    """
     test = datasets[1]
     truth = test.parameters["ina.g_Na"].to_numpy()
     inside, means = [], []
@@ -149,8 +147,22 @@ def test_summary_and_inference_data(estimator, datasets):
     assert (summary["hdi_low"] < summary["mean"]).all()
     assert (summary["mean"] < summary["hdi_high"]).all()
     assert summary.loc["ina.g_Na", "contraction"] > 0.5
-    idata = posterior.to_inference_data(500)
+    idata = posterior.to_inference_data(500, seed=3)
     assert idata.posterior["ina.g_Na"].shape == (1, 500)
+    assert set(idata.groups()) == {"posterior", "prior", "observed_data"}
+    prior_draws = idata.prior["ina.g_Na"].to_numpy()[0]
+    assert prior_draws.shape == (500,) and prior_draws.std() > idata.posterior["ina.g_Na"].std()
+    observed = idata.observed_data["current"]
+    np.testing.assert_array_equal(observed.to_numpy(), posterior.observation)
+    np.testing.assert_array_equal(observed["time_ms"], estimator.scheme.times_ms)
+    assert idata.posterior.attrs["protocol"] == "na_kr_steps"
+    assert idata.posterior.attrs["model_sha256"] == estimator.cell_model().file_hash
+    # one seed convention: equal seeds give equal draws everywhere
+    same = posterior.to_inference_data(500, seed=3)
+    np.testing.assert_array_equal(same.posterior["ina.g_Na"], idata.posterior["ina.g_Na"])
+    np.testing.assert_array_equal(
+        posterior.sample(500, seed=3)["ina.g_Na"], idata.posterior["ina.g_Na"].to_numpy()[0]
+    )
 
 
 def test_hdi_matches_arviz():
@@ -236,12 +248,73 @@ def test_cell_model_of_a_changed_model_file_is_refused(estimator):
     assert estimator.cell_model().name == "kernik2019"
     again = load_estimator(estimator.path)
     again.manifest["model"]["file_sha256"] = "0" * 64
-    with pytest.raises(ValueError, match="has changed since this estimator was trained"):
+    with pytest.raises(ValueError, match="is not the one this estimator was trained on"):
         again.cell_model()
 
 
+def test_a_model_file_that_is_not_bundled_is_given_explicitly(estimator, tmp_path):
+    """An estimator trained on a user's own .mmt cannot find it by name: the error says how to
+    pass it, and the file passed is checked against the recorded hash.
+    """
+    again = load_estimator(estimator.path)
+    again.manifest["model"]["name"] = "my_cell"
+    with pytest.raises(ValueError, match=r"not bundled; pass load_estimator\(.*model="):
+        again.cell_model()
+    copy = tmp_path / "my_cell.mmt"
+    copy.write_bytes(load_model("kernik2019").path.read_bytes())
+    given = load_estimator(estimator.path, model=copy)
+    assert given.cell_model().file_hash == estimator.cell_model().file_hash
+    copy.write_bytes(copy.read_bytes() + b"\n# edited\n")
+    other = load_estimator(estimator.path, model=copy)
+    with pytest.raises(ValueError, match="is not the one this estimator was trained on"):
+        other.cell_model()
+
+
+class _Payload:
+    """Unpickling this would run code (here: only a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_bundle_whose_pickle_would_run_code_is_refused(estimator, tmp_path):
+    marker = tmp_path / "code_ran"
+    state = load_estimator(estimator.path)._network.state_dict()
+    torch.save(
+        {"state_dict": state, "manifest": estimator.manifest, "extra": _Payload(marker)},
+        tmp_path / "estimator.pt",
+    )
+    with pytest.raises(ValueError, match="refused: it holds more than weights"):
+        load_estimator(tmp_path)
+    assert not marker.exists()
+
+
+def test_a_damaged_bundle_is_a_clean_error(estimator, tmp_path):
+    data = (estimator.path / "estimator.pt").read_bytes()
+    (tmp_path / "estimator.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="damaged or not a torch file"):
+        load_estimator(tmp_path)
+
+
+def test_an_edited_prior_record_in_a_bundle_is_refused(estimator, tmp_path):
+    data = torch.load(estimator.path / "estimator.pt", weights_only=True)
+    data["manifest"]["prior"]["parameters"][0]["high"] = 3.0
+    torch.save(data, tmp_path / "estimator.pt")
+    with pytest.raises(ValueError, match="does not match its hash"):
+        load_estimator(tmp_path)
+
+
+def test_training_into_a_dataset_directory_is_refused(datasets):
+    with pytest.raises(ValueError, match="is a dataset directory"):
+        train_estimator(datasets[0].directory, datasets[0].directory, SMALL, progress=False)
+    assert open_dataset(datasets[0].directory).candidates is not None  # still readable
+
+
 def test_estimator_of_another_format_is_refused(estimator, tmp_path):
-    data = torch.load(estimator.path / "estimator.pt", weights_only=False)
+    data = torch.load(estimator.path / "estimator.pt", weights_only=True)
     data["manifest"]["format"] = 99
     torch.save(data, tmp_path / "estimator.pt")
     with pytest.raises(ValueError, match="format 99 .* Retrain it"):

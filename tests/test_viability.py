@@ -1,5 +1,6 @@
-"""Tests for sbi_twins.viability: the rule set, the verdicts on known cells, and that stopping
-decided cells early gives the verdict of the whole window."""
+"""Tests for sbi_twins.physiology.viability: the rule set, the verdicts on known cells, and that
+stopping decided cells early gives the verdict of the whole window.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ import pandas as pd
 import pytest
 
 from sbi_twins import load_prior
-from sbi_twins.features import ap_features
-from sbi_twins.viability import REASONS, ViabilityRules, acceptance_summary, check_viability
+from sbi_twins.physiology.features import ap_features
+from sbi_twins.physiology.viability import (
+    REASONS,
+    ViabilityRules,
+    acceptance_summary,
+    check_viability,
+)
 
 DATA = Path(__file__).parent / "data"
 DEFAULT = ViabilityRules()
@@ -33,8 +39,9 @@ def reference_params(name: str, model) -> dict[str, np.ndarray]:
     """Parameters of a reference file (tests/data/README.md) keyed by model names."""
     ref = np.load(DATA / f"kernik2019_ref_{name}.npz")
     table = pd.read_csv(DATA / "kernik2019_parameters.csv")
-    to_model = dict(zip(table["name"], table["model_name"]))
-    params = {to_model[str(n)]: np.array([v]) for n, v in zip(ref["param_names"], ref["params"])}
+    to_model = dict(zip(table["name"], table["model_name"], strict=True))
+    pairs = zip(ref["param_names"], ref["params"], strict=True)
+    params = {to_model[str(n)]: np.array([v]) for n, v in pairs}
     assert set(params) <= set(model.parameter_names)
     return params
 
@@ -42,7 +49,8 @@ def reference_params(name: str, model) -> dict[str, np.ndarray]:
 def full_window_verdicts(V: np.ndarray, rules: ViabilityRules) -> pd.DataFrame:
     """The rule of the module docstring applied to whole traces (t = 0 to the window end),
     written independently of the module: crossings found here, peak and MDP from
-    ``ap_features`` on the window cut just after beat ``min_beats + 1``."""
+    ``ap_features`` on the window cut just after beat ``min_beats + 1``.
+    """
     dt, thr, k = rules.sample_interval_ms, rules.threshold_mV, rules.min_beats
     rows = []
     for v in V:
@@ -258,14 +266,14 @@ def test_rules_round_trip_through_json():
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"window_ms": -1.0}, "window_ms must be > 0"),
-        ({"settle_ms": -1.0}, "settle_ms must be >= 0"),
+        ({"window_ms": -1.0}, "window_ms must be a finite number > 0"),
+        ({"settle_ms": -1.0}, "settle_ms must be a finite number >= 0"),
         ({"min_beats": 0}, "min_beats must be an integer >= 1"),
         ({"min_beats": 2.5}, "min_beats must be an integer >= 1"),
         ({"min_beats": True}, "min_beats must be an integer >= 1"),
         ({"max_mdp_mV": math.nan}, "max_mdp_mV must be a finite number"),
         ({"min_peak_mV": "0"}, "min_peak_mV must be a finite number"),
-        ({"settle_ms": 1000.5}, r"settle_ms \(1000.5\) must be a multiple of sample_interval_ms"),
+        ({"settle_ms": 1000.5}, r"settle_ms \(1000.5\) must be a whole multiple of sample_int"),
     ],
 )
 def test_bad_rules(change, match):

@@ -4,7 +4,7 @@ import numba as nb
 import numpy as np
 import pytest
 
-from sbi_twins.vmath import FASTMATH, vexp, vlog, vpow
+from sbi_twins.engine.vmath import FASTMATH, vexp, vlog, vpow
 
 
 def _elementwise(function):

@@ -9,10 +9,11 @@ The rule
 Each cell is simulated spontaneously from the model's initial state. Activity during the first
 ``settle_ms`` is ignored; the *window* is ``[settle_ms, settle_ms + window_ms]``. In the window a
 *beat* is an upward crossing of ``threshold_mV`` (samples ``V[i-1] < thr <= V[i]``, both in the
-window, as in :mod:`sbi_twins.features`), timed by linear interpolation between the two samples.
+window, as in :mod:`sbi_twins.physiology.features`), timed by linear interpolation between the
+two samples.
 Beat ``j`` is *complete* when beat ``j + 1`` follows it; its peak and MDP are the highest and
 lowest samples from its crossing up to (not including) the next crossing, as in
-:func:`sbi_twins.features.ap_features`.
+:func:`sbi_twins.physiology.features.ap_features`.
 
 Only the first ``min_beats + 1`` beats of the window are evaluated. The cell is viable when
 
@@ -64,7 +65,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .model import CellModel, ParamsLike, SimulationWarning
+from .._util import check_integer, check_number, check_positive, whole_multiple
+from ..engine import CellModel, ParamsLike, SimulationWarning
+from .features import crossing_time, upward_crossings
 
 __all__ = ["REASONS", "ViabilityRules", "acceptance_summary", "check_viability"]
 
@@ -79,23 +82,10 @@ REASONS: tuple[str, ...] = (
 )
 
 
-# Validation helpers, defined before ViabilityRules: check_viability's default rules are built
-# at import.
-def _is_integer(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_multiple(name: str, value: float, step: float) -> None:
-    ratio = value / step
-    if abs(ratio - round(ratio)) > 1e-9 * max(1.0, ratio):
-        raise ValueError(
-            f"{name} ({value}) must be a multiple of sample_interval_ms ({step}); "
-            "change one of them"
-        )
+    whole_multiple(
+        value, step, name=name, step_name="sample_interval_ms", hint="change one of them"
+    )
 
 
 _POSITIVE = ("window_ms", "max_interval_ms", "sample_interval_ms", "atol_mV", "rtol", "dt_max_ms")
@@ -156,16 +146,13 @@ class ViabilityRules:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "min_beats":
-                if not (_is_integer(value) and value >= 1):
-                    raise ValueError(f"min_beats must be an integer >= 1, got {value!r}")
-            elif not (_is_number(value) and math.isfinite(value)):
-                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        for name in _POSITIVE:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("settle_ms", "max_cl_cv"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                check_integer("min_beats", value, minimum=1)
+            elif f.name in _POSITIVE:
+                check_positive(f.name, value)
+            elif f.name in ("settle_ms", "max_cl_cv"):
+                check_number(f.name, value, minimum=0.0)
+            else:
+                check_number(f.name, value)
         for name in ("settle_ms", "window_ms"):
             _check_multiple(name, getattr(self, name), self.sample_interval_ms)
 
@@ -237,7 +224,7 @@ def check_viability(
         ``CL``, ``CL_cv``
             mean and coefficient of variation of the intervals between the beats seen (ms; NaN
             with fewer than two beats), from threshold-crossing times (not the max-dV/dt
-            upstroke times of :func:`sbi_twins.features.ap_features`);
+            upstroke times of :func:`sbi_twins.physiology.features.ap_features`);
         ``simulated_ms``
             how far the cell was simulated.
 
@@ -252,8 +239,7 @@ def check_viability(
     """
     theta = _parameter_matrix(model, params)
     dt = rules.sample_interval_ms
-    if not (_is_number(chunk_ms) and math.isfinite(chunk_ms) and chunk_ms > 0):
-        raise ValueError(f"chunk_ms must be a finite number > 0, got {chunk_ms!r}")
+    check_positive("chunk_ms", chunk_ms)
     _check_multiple("chunk_ms", chunk_ms, dt)
     n = theta.shape[0]
     # Piece edges in samples (exact integers): every chunk_ms, counted from 0 and from the window
@@ -384,7 +370,7 @@ class _Beats:
         """
         thr = rules.threshold_mV
         verdict = np.full(cells.size, "", dtype=object)
-        rows, cols = np.nonzero((V[:, :-1] < thr) & (V[:, 1:] >= thr))
+        rows, cols = np.nonzero(upward_crossings(V, thr))
         starts = np.searchsorted(rows, np.arange(cells.size + 1))
         quiet = starts[:-1] == starts[1:]
         # Rows without a crossing only extend their current beat.
@@ -422,7 +408,7 @@ class _Beats:
             if n >= 1:  # this crossing completes beat n - 1
                 self.peaks[c, n - 1] = max(self.run_max[c], v[start:i].max())
                 self.mdps[c, n - 1] = min(self.run_min[c], v[start:i].min())
-            t = t0 + (i - 1 + (thr - v[i - 1]) / (v[i] - v[i - 1])) * dt
+            t = t0 + crossing_time(v, i, thr, dt)
             previous = self.times[c, n - 1] if n >= 1 else 0.0
             self.times[c, n] = t
             self.n_beats[c] = n + 1

@@ -16,11 +16,12 @@ import myokit
 import numpy as np
 import pandas as pd
 
-from . import _resources
-from .codegen import CODEGEN_VERSION, KernelSource
+from .. import _resources
+from .._util import RECORDING_PREFIX, check_number, check_positive, whole_multiple
+from ..protocol import Protocol, load_protocol
+from .analysis import ModelAnalysis, ModelStructureError
+from .codegen import CODEGEN_VERSION, kernel_module
 from .kernel_cache import load_module
-from .model_analysis import ModelAnalysis, ModelStructureError
-from .protocol import Protocol, load_protocol
 
 ParamsLike = None | pd.DataFrame | Mapping[str, Any]
 
@@ -70,17 +71,12 @@ class CellModel:
         )
 
     @property
-    def gate_names(self) -> tuple[str, ...]:
-        """States integrated with the exact exponential (Rush-Larsen) update."""
-        return tuple(g.state.qname() for g in self._analysis.gates)
-
-    @property
     def kernels(self) -> ModuleType:
         """The generated kernel module (generated, cached on disk and imported on first use)."""
         if self._kernels is None:
             self._kernels = load_module(
                 f"# model sha256 {self.file_hash}, codegen v{CODEGEN_VERSION}\n"
-                + KernelSource(self._analysis).module()
+                + kernel_module(self._analysis)
             )
         return self._kernels
 
@@ -92,7 +88,8 @@ class CellModel:
         ----------
         params : None, pandas.DataFrame or mapping of name -> array-like of shape (N,)
             ``None`` gives the defaults for one cell. Names not given keep their defaults;
-            scalars are broadcast over the cells.
+            scalars are broadcast over the cells. Names that start with ``recording.`` belong
+            to the recording model (:mod:`sbi_twins.recording`) and are ignored here.
 
         Raises
         ------
@@ -112,6 +109,7 @@ class CellModel:
                 "params must be None, a pandas.DataFrame or a mapping of parameter name -> "
                 f"values, not {type(params).__name__}"
             )
+        columns = {k: v for k, v in columns.items() if not str(k).startswith(RECORDING_PREFIX)}
         unknown = [name for name in columns if name not in self._index]
         if unknown:
             raise ValueError(self._unknown_message(unknown))
@@ -131,6 +129,8 @@ class CellModel:
         if len(lengths) > 1:
             detail = ", ".join(f"{k}: {v.size}" for k, v in arrays.items() if v.ndim == 1)
             raise ValueError(f"parameter arrays have different lengths ({detail})")
+        if isinstance(params, pd.DataFrame):  # rows are cells, even with no cell column left
+            lengths.add(len(params))
         n = lengths.pop() if lengths else 1
         if n == 0:
             raise ValueError("params describe zero cells")
@@ -207,7 +207,7 @@ class CellModel:
         if not isinstance(protocol, Protocol):
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
-        _check_positive("dt_ms", dt_ms)
+        check_positive("dt_ms", dt_ms)
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms / 2)
         theta = self.parameter_matrix(params)
         y0 = self._initial_states(initial_state, theta.shape[0])
@@ -241,8 +241,8 @@ class CellModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Simulate voltage clamp through series resistance, with leak and voltage offset.
 
-        The equations are in :meth:`sbi_twins.codegen.KernelSource.artefact_kernel`; most users
-        want :func:`sbi_twins.observe.simulate_recordings`, which derives ``clamp`` from
+        The equations are in :meth:`sbi_twins.engine.codegen.KernelSource.artefact_kernel`; most
+        users want :func:`sbi_twins.recording.simulate_recordings`, which derives ``clamp`` from
         physical recording parameters and adds noise and filtering.
 
         Parameters
@@ -274,9 +274,8 @@ class CellModel:
         if not isinstance(protocol, Protocol):
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
-        _check_positive("dt_ms", dt_ms)
-        if not (math.isfinite(dense_ms) and dense_ms >= 0):
-            raise ValueError(f"dense_ms must be a finite number >= 0, got {dense_ms!r}")
+        check_positive("dt_ms", dt_ms)
+        check_number("dense_ms", dense_ms, minimum=0.0)
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
         theta = self.parameter_matrix(params)
         n_cells = theta.shape[0]
@@ -371,12 +370,14 @@ class CellModel:
             ("dt_max_ms", dt_max_ms),
             ("stimulus_duration_ms", stimulus_duration_ms),
         ]:
-            _check_positive(name, value)
-        n_samples = _n_samples(duration_ms, sample_interval_ms)
+            check_positive(name, value)
+        n_samples = 1 + whole_multiple(
+            duration_ms, sample_interval_ms, name="duration_ms", step_name="sample_interval_ms"
+        )
         if cycle_length_ms is None:
             cycle = 0.0
         else:
-            _check_positive("cycle_length_ms", cycle_length_ms)
+            check_positive("cycle_length_ms", cycle_length_ms)
             if self._analysis.pace is None:
                 raise ValueError(
                     f"model '{self.name}' has no variable bound to 'pace', so it cannot be paced; "
@@ -415,26 +416,8 @@ class CellModel:
         return out
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float, np.number)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _n_samples(duration_ms: float, sample_interval_ms: float) -> int:
-    ratio = duration_ms / sample_interval_ms
-    if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio):
-        raise ValueError(
-            f"duration_ms ({duration_ms}) is not a multiple of sample_interval_ms "
-            f"({sample_interval_ms})"
-        )
-    return int(round(ratio)) + 1
-
-
 def _quantise(value_ms: float, what: str) -> int:
-    units = value_ms / _TIME_QUANTUM_MS
-    if abs(units - round(units)) > 1e-3:
-        raise ValueError(f"{what} ({value_ms} ms) must be a multiple of {_TIME_QUANTUM_MS} ms")
-    return int(round(units))
+    return whole_multiple(value_ms, _TIME_QUANTUM_MS, name=f"{what} (ms)", step_name="1e-6 ms")
 
 
 def _clamp_grid(
@@ -460,7 +443,8 @@ def _clamp_grid(
 
 def _segment_arrays(protocol: Protocol, nsteps: np.ndarray, with_start_times: bool) -> list:
     """The per-segment arrays the clamp kernels take: kind, steps, (start times,) start and end
-    voltages, sine amplitude, frequency and phase."""
+    voltages, sine amplitude, frequency and phase.
+    """
     segs = protocol.segments
     starts = [protocol.edges_ms[:-1]] if with_start_times else []
     return [

@@ -10,7 +10,7 @@ differs in ways that are easy to mistake for biology (Lei et al. 2020, Phil Tran
   ``tau = (1 - alpha) Rs Cm`` and escapes from it while large currents flow
   (``V = V_cmd - tau * I`` at steady state). This is the simplified artefact model of Lei et al.
   2020 with an ideal, infinitely fast amplifier; the equations and their integration are in
-  :meth:`sbi_twins.codegen.KernelSource.artefact_kernel`.
+  :meth:`sbi_twins.engine.codegen.KernelSource.artefact_kernel`.
 * **Seal leak** ``I_leak = (V - E_leak) / (R_seal Cm)`` (pA/pF), part of the recorded current.
 * **Voltage offset** ``V_off`` (liquid-junction and electrode offsets left after zeroing): the
   membrane is driven to ``V_cmd + V_off``.
@@ -22,8 +22,8 @@ differs in ways that are easy to mistake for biology (Lei et al. 2020, Phil Tran
 These are nuisance parameters with their own prior: the ``[[recording]]`` section of a prior file
 (see :mod:`sbi_twins.prior`), simulated jointly with the cell's parameters so that inference can
 separate technical from biological variation. Parameters a prior does not list take the values in
-:data:`IDEAL`, which switch every artefact off; a prior without a ``[[recording]]`` section (or
-``ideal_clamp=True``) gives the ideal clamp.
+:data:`~sbi_twins.recording.parameters.IDEAL`, which switch every artefact off; a prior
+without a ``[[recording]]`` section (or ``ideal_clamp=True``) gives the ideal clamp.
 """
 
 from __future__ import annotations
@@ -36,75 +36,14 @@ import numpy as np
 import pandas as pd
 from scipy import signal
 
-from .model import CellModel
-from .protocol import Protocol, load_protocol
-
-#: Prefix of recording (nuisance) parameter names in priors and datasets.
-PREFIX = "recording."
-
-#: Values that switch every artefact off (an ideal clamp with a noise-free, unfiltered record).
-IDEAL: dict[str, float] = {
-    "cm_pF": 60.0,  # irrelevant when Rs and the leak are off
-    "rs_MOhm": 0.0,
-    "rs_compensation": 0.0,
-    "r_seal_GOhm": math.inf,
-    "e_leak_mV": 0.0,
-    "v_offset_mV": 0.0,
-    "noise_pA_per_pF": 0.0,
-    "lowpass_kHz": math.inf,
-}
-
-#: Valid range of each recording parameter: (lowest, highest, whether the ends are included).
-RANGES: dict[str, tuple[float, float, bool]] = {
-    "cm_pF": (0.0, math.inf, False),
-    "rs_MOhm": (0.0, math.inf, True),
-    "rs_compensation": (0.0, 1.0, True),
-    "r_seal_GOhm": (0.0, math.inf, True),
-    "e_leak_mV": (-math.inf, math.inf, False),
-    "v_offset_mV": (-math.inf, math.inf, False),
-    "noise_pA_per_pF": (0.0, math.inf, True),
-    "lowpass_kHz": (0.0, math.inf, True),
-}
+from ..engine import CellModel
+from ..protocol import Protocol, load_protocol
+from .parameters import PREFIX, recording_table
 
 #: Integration step (ms) of the series-resistance kernel; errors vs CVODE in BENCHMARKS.md.
 DT_MS = 0.05
 #: Shortest residual time constant (ms) simulated; below it the clamp is ideal for all purposes.
 _TAU_FLOOR_MS = 1e-4
-
-
-def recording_table(values: pd.DataFrame | None, n: int) -> pd.DataFrame:
-    """Complete recording parameters for ``n`` cells: columns of ``values`` named
-    ``recording.<name>`` (or ``<name>``), :data:`IDEAL` for the rest.
-
-    Raises
-    ------
-    ValueError
-        Unknown recording parameter, wrong number of rows, or a value outside its range.
-    """
-    table = pd.DataFrame({name: np.full(n, value) for name, value in IDEAL.items()})
-    if values is None:
-        return table
-    for column in values.columns:
-        name = column.removeprefix(PREFIX)
-        if name not in IDEAL:
-            if column.startswith(PREFIX):
-                raise ValueError(
-                    f"unknown recording parameter '{column}'; valid ones are "
-                    + ", ".join(PREFIX + k for k in IDEAL)
-                )
-            continue  # a cell parameter
-        if len(values) != n:
-            raise ValueError(f"recording parameters have {len(values)} rows, expected {n}")
-        table[name] = values[column].to_numpy(dtype=float)
-    for name, (low, high, closed) in RANGES.items():
-        v = table[name].to_numpy()
-        inside = (v >= low) & (v <= high) if closed else (v > low) & (v < high)
-        if name == "r_seal_GOhm":
-            inside &= v > 0
-        if not inside.all():
-            bad = v[~inside][0]
-            raise ValueError(f"recording parameter '{PREFIX}{name}' = {bad} is outside its range")
-    return table
 
 
 def clamp_matrix(table: pd.DataFrame) -> np.ndarray:
@@ -148,8 +87,8 @@ def simulate_recordings(
         The voltage-clamp protocol.
     params : DataFrame
         One row per cell: model parameters (by name) and recording parameters
-        (``recording.<name>``, see :data:`IDEAL`); missing ones take model defaults and
-        :data:`IDEAL` values.
+        (``recording.<name>``, see :data:`~sbi_twins.recording.parameters.IDEAL`); missing
+        ones take model defaults and ideal-clamp values.
     seeds : array of int, shape (N,), optional
         Per-cell seeds of the noise; required when any cell has noise.
     sample_interval_ms : float
@@ -161,23 +100,19 @@ def simulate_recordings(
     -------
     numpy.ndarray
         (N, T) recorded current, pA/pF, on ``protocol.times(sample_interval_ms)``. Cells whose
-        simulation failed are NaN rows (a :class:`~sbi_twins.model.SimulationWarning` names
+        simulation failed are NaN rows (a :class:`~sbi_twins.engine.SimulationWarning` names
         them).
     """
     if not isinstance(protocol, Protocol):
         protocol = load_protocol(protocol)
     recording_columns = [c for c in params.columns if c.startswith(PREFIX)]
     table = recording_table(params[recording_columns], len(params))
-    cell_params = params.drop(columns=recording_columns)
-    if cell_params.columns.empty:  # every cell at the model file's values
-        cell_params = pd.DataFrame(
-            np.tile(model.default_parameters, (len(params), 1)), columns=model.parameter_names
-        )
+    # the cell simulations ignore the recording columns
     if is_ideal(table):
-        current = model.simulate_vc(protocol, cell_params, sample_interval_ms)
+        current = model.simulate_vc(protocol, params, sample_interval_ms)
     else:
         current, _ = model.simulate_vc_artefacts(
-            protocol, cell_params, clamp_matrix(table), sample_interval_ms, dt_ms=dt_ms
+            protocol, params, clamp_matrix(table), sample_interval_ms, dt_ms=dt_ms
         )
     return add_noise_and_filter(current, table, seeds, sample_interval_ms)
 
@@ -219,7 +154,8 @@ def add_noise_and_filter(
 @functools.lru_cache(maxsize=64)
 def _bessel(cutoff_khz: float, sample_interval_ms: float) -> tuple[np.ndarray, np.ndarray]:
     """4-pole Bessel low-pass, -3 dB at ``cutoff_khz``, digitised at the sampling rate, and its
-    steady-state initial conditions for a unit input."""
+    steady-state initial conditions for a unit input.
+    """
     sos = signal.bessel(4, cutoff_khz, fs=1.0 / sample_interval_ms, norm="mag", output="sos")
     return sos, signal.sosfilt_zi(sos)
 

@@ -75,7 +75,8 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import _EDGE_TOL_MS, Protocol, load_protocol
+from .._util import check_number, check_positive
+from ..protocol import _EDGE_TOL_MS, Protocol, load_protocol
 
 __all__ = ["STORAGE_DTYPE", "ObservationScheme", "ObservationSettings"]
 
@@ -118,27 +119,11 @@ class ObservationSettings:
     ramp_window_ms: float = 2.5
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                # ValueError, like every input check of the package.
-                raise ValueError(f"{f.name} must be a number, got {value!r}")  # noqa: TRY004
-            if not math.isfinite(value):
-                raise ValueError(f"{f.name} must be finite, got {value!r}")
-            # Plain floats: to_dict() and the content hash must not depend on int vs float.
-            object.__setattr__(self, f.name, float(value))
-        if self.dense_ms < 0:
-            raise ValueError(
-                f"dense_ms must be >= 0 (0: no forced dense span), got {self.dense_ms}"
-            )
-        if self.growth < 1:
-            raise ValueError(
-                f"growth must be >= 1 (windows grow by this factor; 1 = no growth), "
-                f"got {self.growth}"
-            )
+        # Plain floats: to_dict() and the content hash must not depend on int vs float.
         for name in ("max_window_ms", "ramp_window_ms"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            object.__setattr__(self, name, check_positive(name, getattr(self, name)))
+        object.__setattr__(self, "dense_ms", check_number("dense_ms", self.dense_ms, minimum=0.0))
+        object.__setattr__(self, "growth", check_number("growth", self.growth, minimum=1.0))
 
 
 class ObservationScheme:

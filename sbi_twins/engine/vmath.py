@@ -28,7 +28,11 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
+#: ``math.isfinite`` does not survive them (it is folded to True); the kernels test finiteness
+#: with ``abs(x) < inf``.
+FASTMATH_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
+FASTMATH = set(FASTMATH_FLAGS)
 
 
 @intrinsic

@@ -13,9 +13,10 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
+
+from .._util import atomic_write_text
 
 
 def cache_dir() -> Path:
@@ -41,10 +42,7 @@ def load_module(source: str) -> ModuleType:
     path = folder / f"{name}.py"
     if not path.exists():
         # Write-then-rename so a concurrent process never imports a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(source)
-        os.replace(tmp, path)
+        atomic_write_text(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # Numba's cache locator looks the module up by name.

@@ -17,16 +17,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .embedding import dense_stack, transform_observations
-from .simulate import open_dataset
-from .train import (
-    StreamingData,
-    TrainingConfig,
-    check_checkpoint_identity,
-    dataset_prior,
-    fit_streaming,
-    training_identity,
-)
+from sbi_twins.data import open_dataset
+from sbi_twins.inference import TrainingConfig
+from sbi_twins.inference.bundle import dataset_prior
+from sbi_twins.inference.embedding import dense_stack, transform_observations
+from sbi_twins.inference.loop import check_checkpoint_identity, fit_streaming
+from sbi_twins.inference.npe import training_identity
+from sbi_twins.inference.rows import StreamingData
 
 
 class PointRegressor(nn.Module):
@@ -81,8 +78,7 @@ def train_point_regressor(
     )
     prior = dataset_prior(ds)
     data = StreamingData(ds, prior, config)
-    draws = prior.sample(100_000, seed=0).to_numpy()
-    mean, scale = draws.mean(axis=0), draws.std(axis=0)
+    mean, scale = np.array(prior.mean()), np.sqrt(np.array(prior.variance()))
     torch.manual_seed(config.seed)
     network = PointRegressor(ds.observations.shape[1], len(prior.names))
     mean_t = torch.as_tensor(mean, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Trained estimators (bundles written by ``sbi-twins train``) and per-cell posteriors."""
+"""Trained estimators: bundles written by ``sbi-twins train``, loaded safely, fitting recordings."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _resources
-from .model import CellModel, load_model
-from .observation import ObservationScheme
-from .prior import Prior
-from .protocol import Protocol, Segment
-from .simulate import Dataset, manifest_differences
-from .train import BUNDLE_FORMAT, TrainingConfig, build_network, prior_from_dict
-
-#: Probability mass of the highest-density intervals in :meth:`CellPosterior.summary`.
-HDI_PROB = 0.94
+from .. import _resources
+from .._util import check_integer
+from ..data import Dataset, ObservationScheme
+from ..data.dataset import manifest_differences
+from ..engine import CellModel, load_model
+from ..physiology import ViabilityRules, check_viability
+from ..prior import Prior
+from ..protocol import Protocol
+from ..recording import simulate_recordings
+from .bundle import read_bundle
+from .config import TrainingConfig
+from .networks import build_network
+from .posterior import SUMMARY_COLUMNS, CellPosterior, summary_table
+from .torch_prior import StandardPrior
 
 
 class Estimator:
@@ -32,12 +36,20 @@ class Estimator:
     :attr:`protocol` and sampled at :attr:`sample_interval_ms` on ``protocol.times(...)``.
     """
 
-    def __init__(self, path: Path, state_dict: dict, manifest: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        state_dict: dict,
+        manifest: dict[str, Any],
+        model: CellModel | str | os.PathLike | None = None,
+    ):
         self.path = path
         self.manifest = manifest
-        self.prior: Prior = prior_from_dict(manifest["prior"])
+        self.prior: Prior = Prior.from_dict(manifest["prior"])  # checked against its hash
         self.names: tuple[str, ...] = tuple(manifest["parameter_names"])
-        self.protocol = _protocol_from_dict(manifest["protocol"])
+        if self.names != self.prior.names:
+            raise ValueError(f"{path}: the parameter names do not match the prior's")
+        self.protocol = Protocol.from_dict(manifest["protocol"])
         obs = manifest["observation"]
         self.sample_interval_ms: float = obs["sample_interval_ms"]
         self.scheme = ObservationScheme.from_dict(obs, self.protocol)
@@ -45,7 +57,8 @@ class Estimator:
         self._network = build_network(config, len(self.scheme), self.prior)
         self._network.load_state_dict(state_dict)
         self._network.eval()
-        self._z_prior = self.prior.unbounded_distribution()
+        self._z_prior = StandardPrior(self.prior.log_normal)
+        self._model_choice = model
         self._cell_model: CellModel | None = None
 
     def __repr__(self) -> str:
@@ -91,22 +104,20 @@ class Estimator:
 
     def fit(self, trace: np.ndarray, *, sample_interval_ms: float | None = None) -> CellPosterior:
         """The posterior of one cell from its recorded trace (pA/pF), sampled on
-        ``protocol.times(sample_interval_ms)``."""
+        ``protocol.times(sample_interval_ms)``.
+        """
         x = self.observe(trace, sample_interval_ms)
         if x.ndim != 1:
-            raise ValueError("fit takes one trace; use fit_many for several cells")
+            raise ValueError(
+                "fit takes one trace (T,); for several cells use summaries(traces) or "
+                "posteriors(observe(traces))"
+            )
         return CellPosterior(self, x)
-
-    def fit_many(
-        self, traces: np.ndarray, *, sample_interval_ms: float | None = None
-    ) -> list[CellPosterior]:
-        """Posteriors of several cells, traces (N, T)."""
-        xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
-        return [CellPosterior(self, x) for x in xs]
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Refuse a dataset made with another model file, prior, protocol, observation scheme or
-        recording model than this estimator's training set (the message lists what differs)."""
+        recording model than this estimator's training set (the message lists what differs).
+        """
         keys = ("model", "prior", "protocol", "observation", "recording")
         differences = manifest_differences(
             {k: self.manifest[k] for k in keys}, {k: dataset.manifest[k] for k in keys}
@@ -118,20 +129,110 @@ class Estimator:
             )
 
     def cell_model(self) -> CellModel:
-        """The cell model the estimator was trained on (refused if its file has changed since,
-        because the posterior would then describe another model)."""
+        """The cell model the estimator was trained on.
+
+        It is the ``model`` given to :func:`load_estimator`, or else the bundled model of the
+        recorded name; either must be the very file the estimator was trained on (same
+        sha256), because the posterior would otherwise describe another model.
+        """
         if self._cell_model is not None:  # loading reads the file and the kernel cache
             return self._cell_model
         recorded = self.manifest["model"]
-        model = load_model(recorded["name"])
+        fix = (
+            f"pass load_estimator({str(self.path)!r}, model='path/to/{recorded['name']}.mmt') "
+            "with the file it was trained on, or retrain the estimator"
+        )
+        choice = self._model_choice
+        if choice is None:
+            try:
+                model = load_model(recorded["name"])
+            except FileNotFoundError:
+                raise ValueError(
+                    f"this estimator was trained on model file '{recorded['name']}.mmt' "
+                    f"(sha256 {recorded['file_sha256'][:12]}...), which is not bundled; {fix}"
+                ) from None
+        else:
+            model = choice if isinstance(choice, CellModel) else load_model(choice)
         if model.file_hash != recorded["file_sha256"]:
             raise ValueError(
-                f"the model file {model.path} has changed since this estimator was trained "
+                f"the model file {model.path} is not the one this estimator was trained on "
                 f"(sha256 {model.file_hash[:12]}..., trained with {recorded['file_sha256'][:12]}"
-                "...); simulate with the original file or retrain the estimator"
+                f"...); {fix}"
             )
         self._cell_model = model
         return model
+
+    def simulate_cells(
+        self, n: int, seed: int = 0, *, max_draws: int = 100_000
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Cells made exactly like the estimator's training cells, and their recordings.
+
+        Prior draws (taken 8 at a time from ``numpy.random.default_rng(seed)``) that pass
+        the training set's viability rules, recorded through its recording model under
+        :attr:`protocol`; cell ``i``'s recording noise is seeded with ``seed + i``.
+
+        Parameters
+        ----------
+        n : int
+            Number of cells.
+        seed : int
+            Seed of the draws and of the noise.
+        max_draws : int
+            Give up (ValueError) after this many prior draws without ``n`` viable cells.
+
+        Returns
+        -------
+        theta : pandas.DataFrame
+            (n, D + F): the cells' parameters (varying, then fixed), as :meth:`Prior.sample`.
+        traces : numpy.ndarray
+            (n, T): their recorded currents (pA/pF) on
+            ``protocol.times(sample_interval_ms)``.
+        """
+        check_integer("n", n, minimum=1, what="cells")
+        check_integer("seed", seed)
+        model = self.cell_model()
+        rules = self.manifest["training_set"]["viability"]
+        rng = np.random.default_rng(seed)
+        kept, drawn = [], 0
+        while sum(map(len, kept)) < n:
+            if drawn >= max_draws:
+                raise ValueError(
+                    f"only {sum(map(len, kept))} of {drawn} prior draws are viable, fewer than "
+                    f"the {n} asked for; check the prior and the viability rules"
+                )
+            theta = self.prior.sample(8, seed=rng)
+            drawn += 8
+            if rules is not None:
+                verdict = check_viability(model, theta, ViabilityRules.from_dict(rules))
+                theta = theta[verdict["viable"].to_numpy()]
+            kept.append(theta)
+        cells = pd.concat(kept, ignore_index=True).iloc[:n]
+        return cells, self.simulate_recordings(cells, seed + np.arange(n))
+
+    def simulate_recordings(self, theta: pd.DataFrame, seeds: np.ndarray) -> np.ndarray:
+        """What the amplifier records from parameter sets, as for the training cells.
+
+        Parameters
+        ----------
+        theta : pandas.DataFrame
+            One row per cell: at least :attr:`names` (the prior's fixed values are added).
+        seeds : array of int, shape (N,)
+            Per-cell seeds of the recording noise.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, T) recorded current (pA/pF) on ``protocol.times(sample_interval_ms)``, through
+            the training set's recording model (:func:`sbi_twins.recording.simulate_recordings`).
+        """
+        return simulate_recordings(
+            self.cell_model(),
+            self.protocol,
+            self.prior.with_fixed(theta),
+            seeds=np.asarray(seeds),
+            sample_interval_ms=self.sample_interval_ms,
+            dt_ms=self.manifest["recording"]["dt_ms"],
+        )
 
     def summaries(
         self,
@@ -153,8 +254,7 @@ class Estimator:
             Indexed by (cell, parameter); columns as :meth:`CellPosterior.summary`, from ``n``
             draws per cell.
         """
-        if not isinstance(n, (int, np.integer)) or n < 2:
-            raise ValueError(f"n must be an integer >= 2 (draws per cell), got {n!r}")
+        check_integer("n", n, minimum=2, what="draws per cell")
         xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
         tables = []
         for start in range(0, len(xs), batch_size):
@@ -171,14 +271,15 @@ class Estimator:
 
     @functools.cached_property
     def prior_variance(self) -> pd.Series:
-        """Variance of each parameter under the prior (from 50,000 draws), the reference of
-        posterior contraction."""
-        draws = self.prior.sample(50_000, seed=1)
-        return draws.var(ddof=1)[list(self.names)]
+        """Variance of each parameter under the prior (exact), the reference of posterior
+        contraction.
+        """
+        return self.prior.variance()
 
     def posteriors(self, observations: np.ndarray) -> list[CellPosterior]:
         """Posteriors for observation vectors (N, L) that are already reduced by
-        :attr:`scheme` (e.g. rows of a dataset's ``observations``)."""
+        :attr:`scheme` (e.g. rows of a dataset's ``observations``).
+        """
         xs = np.atleast_2d(np.asarray(observations, dtype=float))
         if xs.shape[1] != len(self.scheme) or not np.isfinite(xs).all():
             raise ValueError(
@@ -209,122 +310,25 @@ class Estimator:
         return log_q + log_prior - log_prior_z
 
 
-class CellPosterior:
-    """The posterior of one cell's parameters (cell and recording) given its recording."""
-
-    def __init__(self, estimator: Estimator, observation: np.ndarray):
-        self.estimator = estimator
-        self.observation = observation
-        self.names = estimator.names
-
-    def sample(self, n: int = 10_000, seed: int | None = None) -> pd.DataFrame:
-        """``n`` posterior draws in model units, one column per parameter."""
-        if not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        z = self.estimator.sample_z(self.observation[None], n, seed)[:, 0]
-        return pd.DataFrame(self.estimator.prior.from_unbounded(z), columns=list(self.names))
-
-    def log_prob(self, theta: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Posterior log density of parameter sets (model units; -inf outside the prior).
-
-        The flow's density of ``z`` is carried to parameter space by the change of variables
-        ``log p(theta) = log q(z) + log |dz/dtheta|``, where the prior supplies the Jacobian
-        (``log prior(theta) - log prior_z(z)``).
-        """
-        prior = self.estimator.prior
-        theta = prior._as_array(theta)
-        inside = np.isfinite(prior.log_prob(theta))
-        out = np.full(theta.shape[0], -np.inf)
-        if inside.any():
-            repeated = np.repeat(self.observation[None], inside.sum(), axis=0)
-            out[inside] = self.estimator.log_prob_batch(theta[inside], repeated)
-        return out
-
-    def summary(self, n: int = 10_000, seed: int = 0) -> pd.DataFrame:
-        """Per parameter: posterior mean, sd, 94% HDI, and contraction ``1 - var_post /
-        var_prior`` (1: pinned down by the recording; 0: as uncertain as the prior)."""
-        return self._summarise(self.sample(n, seed))
-
-    def _summarise(self, samples: pd.DataFrame) -> pd.DataFrame:
-        theta = samples[list(self.names)].to_numpy()[:, None, :]
-        table = summary_table(theta, self.estimator.prior_variance.to_numpy())[0]
-        return pd.DataFrame(table, index=list(self.names), columns=SUMMARY_COLUMNS)
-
-    def to_inference_data(self, n: int = 10_000, seed: int = 0):
-        """Posterior draws as an arviz ``InferenceData`` (one chain)."""
-        return self._inference_data(self.sample(n, seed))
-
-    def _inference_data(self, samples: pd.DataFrame):
-        import arviz as az
-
-        return az.from_dict(posterior={k: samples[k].to_numpy()[None, :] for k in self.names})
-
-    def save(
-        self, directory: str | os.PathLike, n: int = 10_000, seed: int = 0
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Write ``samples.csv``, ``summary.csv`` and ``posterior.nc`` (arviz InferenceData),
-        all from the same ``n`` draws, to ``directory``; return the draws and the summary."""
-        samples = self.sample(n, seed)
-        summary = self._summarise(samples)
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        samples.to_csv(out / "samples.csv", index=False)
-        summary.to_csv(out / "summary.csv", index_label="parameter")
-        self._inference_data(samples).to_netcdf(str(out / "posterior.nc"))
-        return samples, summary
-
-
-def hdi(samples: np.ndarray, prob: float = HDI_PROB) -> tuple[np.ndarray, np.ndarray]:
-    """Highest-density interval along axis 0, vectorised over the other axes.
-
-    The narrowest interval between two draws that holds ``floor(prob * n)`` further draws:
-    the definition of ``arviz.hdi`` for unimodal samples (identical results, tested), computed
-    for all cells and parameters in one pass instead of one call per array.
-    """
-    x = np.sort(samples, axis=0)
-    n = x.shape[0]
-    inc = int(np.floor(prob * n))
-    lowest = np.argmin(x[inc:] - x[: n - inc], axis=0)[None]
-    return np.take_along_axis(x, lowest, 0)[0], np.take_along_axis(x, lowest + inc, 0)[0]
-
-
-#: Columns of posterior summaries, in order.
-SUMMARY_COLUMNS = ["mean", "sd", "hdi_low", "hdi_high", "contraction"]
-
-
-def summary_table(theta: np.ndarray, prior_variance: np.ndarray) -> np.ndarray:
-    """Summaries of draws ``theta`` (n, B, D) of B cells: (B, D, 5) in :data:`SUMMARY_COLUMNS`
-    order; contraction is ``1 - var_post / var_prior``."""
-    variance = theta.var(axis=0, ddof=1)
-    low, high = hdi(theta)
-    return np.stack(
-        [theta.mean(axis=0), np.sqrt(variance), low, high, 1.0 - variance / prior_variance],
-        axis=-1,
-    )
-
-
-def _protocol_from_dict(data: dict[str, Any]) -> Protocol:
-    segments = tuple(Segment(**s) for s in data["segments"])
-    protocol = Protocol(
-        data["name"],
-        data["holding_mV"],
-        segments,
-        description=data.get("description", ""),
-        reference=data.get("reference", ""),
-    )
-    if protocol.content_hash() != data["hash"]:
-        raise ValueError("the estimator's protocol record does not match its hash")
-    return protocol
-
-
-def load_estimator(name_or_path: str | os.PathLike) -> Estimator:
+def load_estimator(
+    name_or_path: str | os.PathLike, *, model: CellModel | str | os.PathLike | None = None
+) -> Estimator:
     """Load an estimator bundle: a directory written by ``sbi-twins train`` (or its
     ``estimator.pt``), or the name of a bundled one (``estimators/<name>.pt``).
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        The bundle.
+    model : CellModel, str or path, optional
+        The model file the estimator was trained on, when it is not a bundled one (e.g. your
+        own ``.mmt``); checked against the sha256 the bundle records.
 
     Raises
     ------
     ValueError
-        A file of another bundle format (made by another sbi-twins version).
+        A file whose pickle would run code (only weights are read), a damaged file, or a file
+        of another bundle format (made by another sbi-twins version).
     """
     path = Path(name_or_path)
     if path.is_dir():
@@ -333,14 +337,5 @@ def load_estimator(name_or_path: str | os.PathLike) -> Estimator:
             raise FileNotFoundError(f"{path} is not an estimator (no estimator.pt in it)")
     else:
         file = _resources.resolve(name_or_path, "estimators", ".pt")
-    data = torch.load(file, map_location="cpu", weights_only=False)
-    manifest = data.get("manifest", {}) if isinstance(data, dict) else {}
-    if manifest.get("format") != BUNDLE_FORMAT:
-        from . import __version__
-
-        raise ValueError(
-            f"{file} is an estimator of format {manifest.get('format')!r} (sbi-twins "
-            f"{manifest.get('versions', {}).get('sbi_twins', '?')}); this sbi-twins "
-            f"{__version__} reads format {BUNDLE_FORMAT}. Retrain it with `sbi-twins train`."
-        )
-    return Estimator(file.parent, data["state_dict"], manifest)
+    state_dict, manifest = read_bundle(file)
+    return Estimator(file.parent, state_dict, manifest, model)

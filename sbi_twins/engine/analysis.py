@@ -146,6 +146,7 @@ class ModelAnalysis:
         return kind
 
     def expr_kind(self, expr: myokit.Expression) -> Kind:
+        """What an expression depends on: parameters only, voltage too, or other states."""
         kinds = [Kind.CONST]
         for ref in expr.references():
             if isinstance(ref, myokit.Derivative):
@@ -192,5 +193,6 @@ class ModelAnalysis:
 
 def _sorted_refs(expr: myokit.Expression) -> list[myokit.Expression]:
     """References of ``expr`` in a fixed order, so generated code is identical across processes
-    (myokit returns a set, whose order changes with hash randomisation)."""
+    (myokit returns a set, whose order changes with hash randomisation).
+    """
     return sorted(expr.references(), key=lambda ref: ref.var().qname())

@@ -37,15 +37,11 @@ import myokit
 from myokit.formats.python import PythonExpressionWriter
 
 from . import vmath
-from .model_analysis import Kind, ModelAnalysis, identifier
+from .analysis import Kind, ModelAnalysis, identifier
+from .vmath import FASTMATH_FLAGS
 
 #: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
 CODEGEN_VERSION = "10"
-
-#: LLVM fast-math flags without 'nnan'/'ninf', so NaN comparisons keep their meaning. Even so,
-#: ``math.isfinite`` does not survive them (it is folded to True), hence ``_finite`` below.
-FASTMATH_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
-
 
 class _Writer(PythonExpressionWriter):
     """Myokit's Python expression writer with our identifiers for variables.
@@ -53,8 +49,8 @@ class _Writer(PythonExpressionWriter):
     ``hoisted`` maps the code of sub-expressions that were lifted into temporaries to the
     temporary's name; the writer then refers to the temporary instead of re-evaluating them.
     With ``vector_math``, exp/log/pow are expanded into straight-line statements from the
-    :mod:`sbi_twins.vmath` templates, collected in :attr:`pre`, and the expression refers to the
-    temporary holding the result: a loop over cells then contains no calls and vectorises.
+    :mod:`sbi_twins.engine.vmath` templates, collected in :attr:`pre`, and the expression refers
+    to the temporary holding the result: a loop over cells then contains no calls and vectorises.
     """
 
     def __init__(self, hoisted: dict[str, str] | None = None, vector_math: bool = False) -> None:
@@ -127,38 +123,29 @@ class _Writer(PythonExpressionWriter):
 
 
 class KernelSource:
-    """Source text of the generated kernel module for one model.
+    """Source text of the generated kernels for one model, in one math mode.
 
     Parameters
     ----------
     analysis : ModelAnalysis
         The analysed model.
+    vector_math : bool
+        Expand exp/log/pow into straight-line code (see :class:`_Writer`), so that a loop over
+        cells vectorises: the mode of the clamp kernels, whose cells advance in lock step.
+        The current-clamp kernel takes adaptive steps per cell and calls ``math`` directly.
     """
 
-    def __init__(self, analysis: ModelAnalysis):
+    def __init__(self, analysis: ModelAnalysis, vector_math: bool = False):
         self.a = analysis
         self._hoisted = {Kind.CONST: {}, Kind.VOLT: {}}
         self._reciprocals: dict[str, str] = {}
         for expr in self._dyn_expressions(include_v=True):
             self._hoist(expr)
         hoisted = {**self._hoisted[Kind.CONST], **self._hoisted[Kind.VOLT]}
-        # (plain writer, writer for state-dependent code that uses the hoisted temporaries);
-        # the vector variants serve the voltage-clamp kernel.
-        self._writers = {
-            vector: (_Writer(vector_math=vector), _Writer(hoisted, vector_math=vector))
-            for vector in (False, True)
-        }
-        for _, dyn_writer in self._writers.values():
-            dyn_writer.reciprocals = self._reciprocals
-        self._vector = False
-
-    @property
-    def _w(self) -> _Writer:
-        return self._writers[self._vector][0]
-
-    @property
-    def _w_dyn(self) -> _Writer:
-        return self._writers[self._vector][1]
+        self._w = _Writer(vector_math=vector_math)
+        # state-dependent code refers to the hoisted temporaries
+        self._w_dyn = _Writer(hoisted, vector_math=vector_math)
+        self._w_dyn.reciprocals = self._reciprocals
 
     # -- hoisting --------------------------------------------------------------------------------
     def _dyn_expressions(self, include_v: bool) -> list[myokit.Expression]:
@@ -168,7 +155,8 @@ class KernelSource:
     def _hoist(self, expr: myokit.Expression) -> None:
         """Lift the largest parameter- or voltage-only sub-expressions of a state-dependent
         expression into temporaries (e.g. the GHK exponentials inside I_CaL), so that they are
-        evaluated once per cell or per clamp segment instead of every step."""
+        evaluated once per cell or per clamp segment instead of every step.
+        """
         kind = self.a.expr_kind(expr)
         if kind == Kind.DYN:
             if isinstance(expr, myokit.Divide) and self._hoist_reciprocal(expr[1]):
@@ -185,7 +173,8 @@ class KernelSource:
     def _hoist_reciprocal(self, denominator: myokit.Expression) -> bool:
         """Hoist ``1 / denominator`` if it is parameter- or voltage-only: a division costs many
         times a multiplication, and dividing by a per-cell or per-segment constant is common
-        (time constants, GHK and exchanger denominators, volume ratios)."""
+        (time constants, GHK and exchanger denominators, volume ratios).
+        """
         kind = self.a.expr_kind(denominator)
         if kind == Kind.DYN or denominator.is_literal():
             return False  # literal divisors already become multiplications under 'arcp'
@@ -273,7 +262,8 @@ class KernelSource:
         self, body: list[str], rows: dict[str, int], stores: list[str], load: bool = True
     ) -> list[str]:
         """``for k_c in range(LANES)`` over ``body``: per-lane values are loaded from and stored to
-        the work array ``k_w[row, lane]``; everything else is a register temporary."""
+        the work array ``k_w[row, lane]``; everything else is a register temporary.
+        """
         used = set(_IDENTIFIER.findall("\n".join(body))) if load else set()
         loads = [f"{name} = k_w[{row}, k_c]" for name, row in rows.items() if name in used]
         saves = [f"k_w[{rows[name]}, k_c] = {name}" for name in stores]
@@ -297,13 +287,6 @@ class KernelSource:
         because a store into ``out`` inside a lane loop blocks vectorisation (its address is not
         affine for LLVM, so LLVM cannot rule out aliasing with the work array).
         """
-        self._vector = True
-        try:
-            return self._vc_kernel()
-        finally:
-            self._vector = False
-
-    def _vc_kernel(self) -> str:
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
         explicit = self.a.explicit_rhs(False)
@@ -357,7 +340,8 @@ class KernelSource:
             states + ["k_ion"],
         )
         copy_out = (
-            "for k_c in range(LANES):\n    out[k_c0 + k_c, {slot}] = k_w[%d, k_c]" % rows["k_ion"]
+            "for k_c in range(LANES):\n    out[k_c0 + k_c, {slot}] = "
+            + f"k_w[{rows['k_ion']}, k_c]"
         )
         segment = [
             "        k_kind, k_n = seg_kind[k_seg], seg_nsteps[k_seg]",
@@ -408,11 +392,21 @@ class KernelSource:
             "simulate_vc", args, rows, init, "k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end", segment
         )
 
+    def _phi(self, lhs: str, rate: str, span: str) -> list[str]:
+        """``lhs = (1 - exp(-rate*span)) / rate``: the exact step factor of ``dx/dt = F - rate*x``
+        (``span`` as ``rate`` -> 0).
+        """
+        decay = f"{lhs}_e"
+        return [
+            *self._w.exp_statement(decay, f"-({rate}) * {span}"),
+            f"{lhs} = (1.0 - {decay}) / {rate} if abs({rate}) * {span} > 1e-9 else {span}",
+        ]
+
     def artefact_kernel(self) -> str:
         """Voltage clamp through series resistance: V is a state driven by the command.
 
-        The recording model of :mod:`sbi_twins.observe` (after Lei et al. 2020): per cell a
-        residual time constant ``tau = (1 - alpha) Rs Cm``, a voltage offset, and a seal leak
+        The recording model of :mod:`sbi_twins.recording.artefacts` (after Lei et al. 2020): per
+        cell a residual time constant ``tau = (1 - alpha) Rs Cm``, a voltage offset, and a seal leak
         ``g_leak (V - E_leak)`` that adds to I_ion. With ``I = I_ion + I_leak``::
 
             dV/dt     = (V_cmd + V_off - V) / tau - I(V, y)
@@ -437,22 +431,6 @@ class KernelSource:
         Cells advance in lanes as in :meth:`vc_kernel`; every step evaluates the voltage terms
         (V differs per cell). Output: the recorded current and V at every sample.
         """
-        self._vector = True
-        try:
-            return self._artefact_kernel()
-        finally:
-            self._vector = False
-
-    def _phi(self, lhs: str, rate: str, span: str) -> list[str]:
-        """``lhs = (1 - exp(-rate*span)) / rate``: the exact step factor of ``dx/dt = F - rate*x``
-        (``span`` as ``rate`` -> 0)."""
-        decay = f"{lhs}_e"
-        return [
-            *self._w.exp_statement(decay, f"-({rate}) * {span}"),
-            f"{lhs} = (1.0 - {decay}) / {rate} if abs({rate}) * {span} > 1e-9 else {span}",
-        ]
-
-    def _artefact_kernel(self) -> str:
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
         explicit = self.a.explicit_rhs(False)
@@ -578,7 +556,7 @@ class KernelSource:
         v = identifier(self.a.v)
         explicit = self.a.explicit_rhs(True)
         iv = next(k for k, (s, _) in enumerate(explicit) if s is self.a.v)
-        err_lines = ["k_err = abs(k_h * (k_m{0} - k_f{0})) / atol_v".format(iv)]
+        err_lines = [f"k_err = abs(k_h * (k_m{iv} - k_f{iv})) / atol_v"]
         for k in range(len(explicit)):
             if k != iv:
                 err_lines.append(
@@ -635,22 +613,25 @@ class KernelSource:
             body,
         )
 
-    def module(self) -> str:
-        """The complete module: helpers plus both kernels.
 
-        The module imports :mod:`sbi_twins.vmath`; Numba's cache does not notice changes in
-        another file, so that file's hash is written into the module (whose name is its hash).
-        """
-        vmath_hash = hashlib.sha256(inspect.getsource(vmath).encode()).hexdigest()[:16]
-        return (
-            f"# sbi_twins.vmath {vmath_hash}\n"
-            + _PRELUDE.format(flags=FASTMATH_FLAGS)
-            + self.vc_kernel()
-            + "\n\n"
-            + self.artefact_kernel()
-            + "\n\n"
-            + self.ap_kernel()
-        )
+
+def kernel_module(analysis: ModelAnalysis) -> str:
+    """The complete kernel module of a model: helpers plus the three kernels.
+
+    The module imports :mod:`sbi_twins.engine.vmath`; Numba's cache does not notice changes in
+    another file, so that file's hash is written into the module (whose name is its hash).
+    """
+    vector = KernelSource(analysis, vector_math=True)
+    vmath_hash = hashlib.sha256(inspect.getsource(vmath).encode()).hexdigest()[:16]
+    return (
+        f"# sbi_twins.vmath {vmath_hash}\n"
+        + _PRELUDE.format(flags=FASTMATH_FLAGS)
+        + vector.vc_kernel()
+        + "\n\n"
+        + vector.artefact_kernel()
+        + "\n\n"
+        + KernelSource(analysis).ap_kernel()
+    )
 
 
 def _lane_kernel(
@@ -721,13 +702,13 @@ def _indent(lines: list[str], level: int) -> list[str]:
     return [textwrap.indent(line, "    " * level) for line in lines]
 
 
-_PRELUDE = '''"""Generated by sbi_twins.codegen from a model file; do not edit."""
+_PRELUDE = '''"""Generated by sbi_twins.engine.codegen from a model file; do not edit."""
 import math
 
 import numba as nb
 import numpy as np
 
-from sbi_twins.vmath import bits_from_double, double_from_bits
+from sbi_twins.engine.vmath import bits_from_double, double_from_bits
 
 FASTMATH = set({flags!r})
 #: Cells advanced in lock step by one vectorised loop.

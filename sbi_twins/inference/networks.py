@@ -20,11 +20,14 @@ Sinica 27:1595):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..prior import Prior
+from .config import TrainingConfig
 from .embedding import TraceEmbedding
 
 #: Anchors are computed from positions clamped this far inside (0, 1) (z within +-6.9).
@@ -33,7 +36,8 @@ POSITION_MARGIN = 1e-3
 
 def positions(z: torch.Tensor, log_normal: torch.Tensor) -> torch.Tensor:
     """Positions of unbounded parameters ``z`` within the prior: the logistic sigmoid of ``z``
-    for (log-)uniform parameters (uniform on (0, 1) under the prior), ``z`` for log-normal."""
+    for (log-)uniform parameters (uniform on (0, 1) under the prior), ``z`` for log-normal.
+    """
     return torch.where(log_normal, z, torch.sigmoid(z))
 
 
@@ -62,6 +66,7 @@ class SummaryNetwork(nn.Module):
         self.register_buffer("scale", torch.where(normal, 1.0, 1 / math.sqrt(12)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and predicted positions of observations ``x`` (B, L)."""
         features = self.embedding(x)
         return features, self.centre + self.scale * self.head(features)
 
@@ -93,3 +98,44 @@ class PosteriorNetwork(nn.Module):
         """``log q(z[i] | x[i])`` for ``z`` (B, D) and ``x`` (B, L) -> (B,)."""
         context, anchor = self.summary.context(x)
         return self.flow.log_prob((z - anchor)[None], condition=context)[0]
+
+
+def build_summary(config: TrainingConfig, length: int, prior: Prior) -> SummaryNetwork:
+    """The summary network (embedding and regression head) for observations of ``length``."""
+    embedding = TraceEmbedding(
+        length,
+        channels=config.channels,
+        kernel_size=config.kernel_size,
+        pool=config.pool,
+        pooled=config.pooled,
+        dense=config.dense,
+        hidden=config.embedding_hidden,
+        output_dim=config.embedding_dim,
+    )
+    return SummaryNetwork(embedding, len(prior.names), prior.log_normal)
+
+
+def build_flow(config: TrainingConfig, u_stub: torch.Tensor, context_stub: torch.Tensor):
+    """Sbi's conditional flow over ``u = z - anchor``, built from example batches (which set its
+    standardisation of ``u`` and of the context).
+    """
+    from sbi.neural_nets import posterior_nn
+
+    builder = posterior_nn(
+        model=config.flow,
+        hidden_features=config.hidden_features,
+        num_transforms=config.num_transforms,
+        num_bins=config.num_bins,
+        z_score_theta="independent",
+        z_score_x="independent",
+    )
+    return builder(u_stub, context_stub)
+
+
+def build_network(config: TrainingConfig, length: int, prior: Prior) -> PosteriorNetwork:
+    """An untrained network of the right shapes, to load a trained state into."""
+    n = len(prior.names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sbi warns about the stubs' zero variance
+        flow = build_flow(config, torch.zeros(2, n), torch.zeros(2, config.embedding_dim + n))
+    return PosteriorNetwork(build_summary(config, length, prior), flow)

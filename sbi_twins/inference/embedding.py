@@ -90,6 +90,7 @@ class TraceEmbedding(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of observations ``x`` (B, L) -> (B, output_dim)."""
         if x.ndim != 2 or x.shape[1] != self.length:
             raise ValueError(
                 f"expected observations of shape (batch, {self.length}), got {tuple(x.shape)}"

@@ -49,7 +49,9 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["FEATURE_COLUMNS", "ap_features", "upstroke_times"]
+from .._util import check_number, check_positive
+
+__all__ = ["FEATURE_COLUMNS", "ap_features", "crossing_time", "upstroke_times", "upward_crossings"]
 
 #: Columns of the table returned by :func:`ap_features`, in order.
 FEATURE_COLUMNS: tuple[str, ...] = (
@@ -113,8 +115,8 @@ def ap_features(
        n_beats      CL
     0      2.0  1000.0
     """
-    dt = _check_interval(sample_interval_ms)
-    thr = _check_threshold(threshold_mV)
+    dt = check_positive("sample_interval_ms", sample_interval_ms)
+    thr = check_number("threshold_mV", threshold_mV)
     arr = np.asarray(V, dtype=float)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -123,7 +125,7 @@ def ap_features(
     table = np.full((arr.shape[0], len(FEATURE_COLUMNS)), np.nan)
     finite = np.isfinite(arr).all(axis=1)
     # Crossings of all rows at once; the per-row loop then only visits the beats.
-    rows, cols = np.nonzero((arr[:, :-1] < thr) & (arr[:, 1:] >= thr))
+    rows, cols = np.nonzero(upward_crossings(arr, thr))
     starts = np.searchsorted(rows, np.arange(arr.shape[0] + 1))
     for n in np.flatnonzero(finite):
         crossings = cols[starts[n] : starts[n + 1]] + 1
@@ -156,8 +158,8 @@ def upstroke_times(
     ValueError
         If `V_row` is not 1-D, or the interval or threshold is invalid.
     """
-    dt = _check_interval(sample_interval_ms)
-    thr = _check_threshold(threshold_mV)
+    dt = check_positive("sample_interval_ms", sample_interval_ms)
+    thr = check_number("threshold_mV", threshold_mV)
     v = np.asarray(V_row, dtype=float)
     if v.ndim != 1:
         raise ValueError(f"V_row must have shape (T,), got shape {np.shape(V_row)}")
@@ -171,31 +173,42 @@ def upstroke_times(
 # -- implementation ----------------------------------------------------------------------------
 
 
-def _check_interval(sample_interval_ms: float) -> float:
-    dt = float(sample_interval_ms)
-    if not (math.isfinite(dt) and dt > 0):
-        raise ValueError(
-            f"sample_interval_ms must be a finite number > 0, got {sample_interval_ms!r}"
-        )
-    return dt
+def upward_crossings(v: np.ndarray, threshold_mV: float) -> np.ndarray:
+    """Where traces cross a level upwards: the definition of a beat throughout the package.
+
+    Parameters
+    ----------
+    v : numpy.ndarray
+        Traces (..., T), e.g. membrane potential in mV.
+    threshold_mV : float
+        The level.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean (..., T - 1), True at ``j`` where ``v[..., j] < threshold <= v[..., j + 1]``:
+        sample ``j + 1`` is the first at or above the level.
+    """
+    return (v[..., :-1] < threshold_mV) & (v[..., 1:] >= threshold_mV)
 
 
-def _check_threshold(threshold_mV: float) -> float:
-    thr = float(threshold_mV)
-    if not math.isfinite(thr):
-        raise ValueError(f"threshold_mV must be finite, got {threshold_mV!r}")
-    return thr
+def crossing_time(v: np.ndarray, i: int, threshold_mV: float, dt: float) -> float:
+    """Time (ms, sample 0 at 0) at which ``v`` reaches the level between samples ``i - 1`` and
+    ``i``, by linear interpolation (``i`` is the first sample at or above it).
+    """
+    return (i - 1 + (threshold_mV - v[i - 1]) / (v[i] - v[i - 1])) * dt
 
 
 def _crossings(v: np.ndarray, thr: float) -> np.ndarray:
-    """Indices ``i`` with ``v[i-1] < thr <= v[i]`` (first sample at or above the threshold)."""
-    return np.flatnonzero((v[:-1] < thr) & (v[1:] >= thr)) + 1
+    """Indices of the first sample at or above ``thr`` of each upward crossing of a trace (T,)."""
+    return np.flatnonzero(upward_crossings(v, thr)) + 1
 
 
 def _peak_indices(v: np.ndarray, crossings: np.ndarray) -> np.ndarray:
     """Index of the highest sample of each beat (up to the next crossing or the trace end)."""
     ends = np.append(crossings[1:], v.size)
-    return np.array([c + int(np.argmax(v[c:e])) for c, e in zip(crossings, ends)], dtype=np.int64)
+    peaks = [c + int(np.argmax(v[c:e])) for c, e in zip(crossings, ends, strict=True)]
+    return np.array(peaks, dtype=np.int64)
 
 
 def _upstroke_time(

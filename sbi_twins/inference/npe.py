@@ -1,0 +1,182 @@
+"""Training from a dataset on disk, streamed: never more than a batch of observations in memory.
+
+sbi's ``append_simulations`` path copies the data and peaks near five times its size, so a
+1.1M-cell set would not fit in 24 GB. Instead a small loop of ours trains in two stages
+(:mod:`sbi_twins.inference.networks`): the summary network by regression, over blocks of rows
+read from the memory-mapped shards, then the flow that sbi builds (``posterior_nn``) on its own
+``loss`` (the round-0 NPE loss sbi uses), over the summaries of all rows (a few hundred bytes per
+cell, held in
+memory). Rows of a dataset are independent prior draws, so contiguous blocks in shuffled order are
+as good as shuffled rows and read sequentially from disk.
+
+The flow models ``z = prior.to_unbounded(theta)``: every sample maps back inside the prior's
+bounds, so no posterior mass leaks out and no rejection sampling is needed.
+
+Training is resumable: each stage writes a checkpoint (weights, optimiser, epoch, best state,
+early-stopping counter) atomically after every epoch; rerunning the same command continues from
+it, and rerunning it with higher epoch caps trains further.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .._util import atomic_write_text
+from ..data import Dataset, open_dataset
+from .bundle import bundle_manifest, dataset_prior, write_bundle
+from .config import TrainingConfig
+from .estimator import Estimator, load_estimator
+from .loop import check_checkpoint_identity, fit_streaming
+from .networks import PosteriorNetwork, build_flow, build_summary
+from .rows import StreamingData, SummarisedData
+
+#: Checkpoint files of the two training stages, in an estimator's output directory.
+CHECKPOINTS = {"summary": "summary_checkpoint.pt", "flow": "flow_checkpoint.pt"}
+
+
+def train_estimator(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainingConfig | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Estimator:
+    """Train an NPE estimator on a dataset and write the estimator bundle to ``out``.
+
+    Parameters
+    ----------
+    dataset : path
+        A dataset directory written by ``sbi-twins simulate``.
+    out : path
+        Output directory: ``estimator.pt`` (weights + manifest), ``manifest.json`` and
+        ``training_log.csv``; one checkpoint per stage while training (rerun to resume).
+    config : TrainingConfig, optional
+        Network and optimisation settings.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (honoured when a GPU is available).
+
+    Returns
+    -------
+    Estimator
+        The trained estimator, loaded from the written bundle.
+    """
+    config = config or TrainingConfig()
+    if not isinstance(config, TrainingConfig):
+        raise ValueError(f"config must be a TrainingConfig, got {type(config).__name__}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; use 'cpu'")
+    ds = open_dataset(dataset)
+    out = Path(out)
+    if out.resolve() == ds.directory.resolve() or (out / "chunks").is_dir():
+        raise ValueError(
+            f"--out {out} is a dataset directory; write the estimator to a directory of its own"
+        )
+    if not ds.complete and (config.max_cells is None or config.max_cells > len(ds)):
+        raise ValueError(
+            f"dataset {ds.directory} is incomplete ({len(ds)} cells so far); finish it by "
+            "rerunning its `sbi-twins simulate` command, or train on fewer cells (max_cells)"
+        )
+    prior = dataset_prior(ds)
+    data = StreamingData(ds, prior, config)
+    out.mkdir(parents=True, exist_ok=True)
+    check_checkpoint_identity(
+        out / "checkpoint.identity",
+        [out / name for name in CHECKPOINTS.values()],
+        training_identity(ds, config),
+    )
+    torch.manual_seed(config.seed)
+    summary = build_summary(config, ds.observations.shape[1], prior)
+    stage1 = fit_streaming(
+        summary,
+        summary.loss,
+        data,
+        config,
+        out / CHECKPOINTS["summary"],
+        device=device,
+        progress=progress,
+        label="NPE 1/2 summary",
+    )
+    summary.load_state_dict(stage1["best_state"])
+    summarised = SummarisedData(data, summary, device)
+    u_stub, context_stub = summarised.block(0, min(data.n_train, 4096))
+    torch.manual_seed(config.seed)
+    flow = build_flow(config, u_stub, context_stub)
+    discard_stale_flow_checkpoint(out, stage1["best_state"])
+    flow_epochs = config.max_epochs if config.flow_max_epochs is None else config.flow_max_epochs
+    stage2 = fit_streaming(
+        flow,
+        lambda u, context: flow.loss(u, condition=context),
+        summarised,
+        replace(config, max_epochs=flow_epochs),
+        out / CHECKPOINTS["flow"],
+        device=device,
+        progress=progress,
+        label="NPE 2/2 flow",
+    )
+    flow.load_state_dict(stage2["best_state"])
+    network = PosteriorNetwork(summary, flow).cpu()
+    stages = {"summary": stage1, "flow": stage2}
+    manifest = bundle_manifest(ds, prior, config, stages, (data.n_train, data.n_validation))
+    write_bundle(out / "estimator.pt", network.state_dict(), manifest)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    _write_log(out / "training_log.csv", stages)
+    return load_estimator(out)
+
+
+def training_identity(ds: Dataset, config: TrainingConfig) -> str:
+    """What a training run's checkpoints belong to: the dataset and the settings that shape the
+    path of training. Epoch caps and early-stopping patience only decide where it stops (unless
+    a cosine schedule is laid out over ``max_epochs``), so a finished run rerun with higher caps
+    continues instead of starting over.
+    """
+    settings = config.to_dict()
+    del settings["stop_after_epochs"]
+    if config.lr_schedule == "constant":
+        del settings["max_epochs"], settings["flow_max_epochs"]
+    text = json.dumps({"dataset": ds.manifest, "n": len(ds), "config": settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def discard_stale_flow_checkpoint(out: Path, summary_state: dict[str, torch.Tensor]) -> None:
+    """The flow stage resumes only on the summary network it was trained on.
+
+    ``out/flow_checkpoint.summary`` holds a hash of that summary network's weights. When the
+    summary stage has since trained further (the run was continued with a higher
+    ``max_epochs``), the flow checkpoint no longer fits its inputs and is removed, with a warning,
+    so that the flow stage starts over.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(summary_state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    marker, checkpoint = out / "flow_checkpoint.summary", out / CHECKPOINTS["flow"]
+    if checkpoint.exists() and (not marker.exists() or marker.read_text() != digest.hexdigest()):
+        warnings.warn(
+            f"{checkpoint} was trained on an earlier state of the summary network, which has "
+            "trained further since; the flow stage starts over",
+            stacklevel=3,
+        )
+        checkpoint.unlink()
+    atomic_write_text(marker, digest.hexdigest())
+
+
+def _write_log(path: Path, stages: dict[str, dict]) -> None:
+    """Loss per epoch of each stage (summary: regression MSE; flow: NPE loss, -log q)."""
+    lines = ["stage,epoch,training_loss,validation_loss,learning_rate,seconds"]
+    lines += [
+        f"{stage},{h['epoch']},{h['training_loss']:.6f},{h['validation_loss']:.6f},"
+        f"{h['learning_rate']:.3g},{h['seconds']:.2f}"
+        for stage, result in stages.items()
+        for h in result["history"]
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
