@@ -308,6 +308,7 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow  # about a minute of CVODE; the closed-form checks in test_observe.py are fast
 @pytest.mark.myokit_cvode
 @pytest.mark.parametrize("cell", range(N_RANDOM))
 def test_series_resistance_clamp_matches_cvode(

@@ -504,3 +504,15 @@ def test_epoch_caps_are_part_of_the_run_identity_only_under_a_cosine_schedule():
     assert training_identity(_StubDataset(), patient) == training_identity(
         _StubDataset(), TrainingConfig()
     )
+
+
+def test_a_stored_bundle_of_format_2_still_loads_and_draws_the_same():
+    """Compatibility: a bundle written by an earlier version (tests/data/format2_bundle, made by
+    its make_format2_bundle.py) loads safely and gives the draws it gave then."""
+    from conftest import DATA
+
+    estimator = load_estimator(DATA / "format2_bundle")
+    assert estimator.manifest["format"] == 2
+    expected = np.load(DATA / "format2_bundle" / "expected.npz")
+    draws = estimator.posteriors(expected["observation"])[0].sample(50, seed=0)
+    np.testing.assert_allclose(draws[list(estimator.names)], expected["draws"], rtol=1e-6)

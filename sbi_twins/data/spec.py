@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._util import check_integer, check_positive, package_version
-from ..engine import CellModel, SimulationWarning, load_model
-from ..engine.codegen import CODEGEN_VERSION
+from ..engine import CODEGEN_VERSION, CellModel, SimulationWarning, load_model
 from ..physiology import REASONS, ViabilityRules, check_viability
 from ..prior import Prior, load_prior
 from ..protocol import Protocol, load_protocol

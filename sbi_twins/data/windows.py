@@ -30,37 +30,9 @@ window's first sample since the segment start:
   last window, so segments do not end in a sliver (a noisy one-sample window on a recording).
 
 Widths are rounded to whole samples and are at least one sample. The default settings
-(:class:`ObservationSettings`: dense 1 ms, growth 1.2, max 40 ms, ramps 2.5 ms) give ``L = 1552``
-for clark2022 at 0.1 ms (114,552 samples, a 74x reduction): 887 windows on steps and 665 on
-ramps; 240 of them are one-sample windows right after the 24 jumps of the command.
-
-Measured
---------
-``benchmarks/observation.py``: 32 kernik2019_pm40 prior cells (seed 0; 30 integrate) under
-clark2022 at 0.1 ms, ideal clamp. INa peak = most negative current at command >= -60 mV;
-reconstruction = the observation linearly interpolated back to full rate within each segment;
-plateau = steps, >= 50 ms after the edge. Errors are worst (median) over cells, in pA/pF.
-
-=====  ====================  ===================  =====================
-L      INa peak rel. error   RMS error, all       RMS error, plateau
-=====  ====================  ===================  =====================
-510    3.2e-2 (3e-8)         1.23 (0.13)          0.083 (0.023)
-1009   2.3e-3 (3e-8)         0.29 (0.029)         0.056 (0.006)
-1552   9.2e-4 (3e-8)         0.093 (0.012)        0.012 (0.0025)
-1997   5.0e-4 (3e-8)         0.050 (0.007)        0.011 (0.0017)
-5175   9.8e-5 (2e-8)         0.012 (0.001)        0.0007 (0.0001)
-=====  ====================  ===================  =====================
-
-In most cells the INa peak sample is its own window (error = float32 rounding); the rest peak on
-the -52 -> +14 mV ramp, where some prior cells carry a broad INa hump (-300 pA/pF over ~20 ms)
-that also dominates the worst reconstruction errors. Plateau errors are below the noise of one
-sample of a recording (0.1-0.5 pA/pF RMS). Applying the scheme costs 0.1-0.2 ms per cell
-(float64 or float32 input, batches of 30; noisy 2-core machine), against 5-8 ms per cell to
-simulate the trace.
-
-Storage dtype
--------------
-See :data:`STORAGE_DTYPE` (float32). :meth:`ObservationScheme.apply` always returns float32.
+(:class:`ObservationSettings`) reduce clark2022 at 0.1 ms from 114,552 samples to 1552 windows.
+How well other layouts keep the INa peak and the plateaus, and what applying the scheme costs,
+is measured by ``benchmarks/observation.py`` (BENCHMARKS.md, "Observation scheme").
 """
 
 from __future__ import annotations
@@ -80,15 +52,10 @@ from ..protocol import _EDGE_TOL_MS, Protocol, load_protocol
 
 __all__ = ["STORAGE_DTYPE", "ObservationScheme", "ObservationSettings"]
 
-#: dtype in which to store observation vectors (e.g. training sets of simulations).
-#: Measured (benchmarks/observation.py, default scheme, 30 prior cells, against exact float64
-#: window means): float32 errs by at most 1.5e-5 pA/pF (INa peak relative 5e-8). float16 keeps
-#: 11 significant bits, so its error grows with |I|: up to 0.12 pA/pF, 4.1e-4 of the INa peak.
-#: That is small on average (RMS 0.003 pA/pF, 10 % of the noise of a window of a good recording,
-#: 0.1 pA/pF / sqrt(window samples)), but largest exactly at the big INa currents, where it
-#: exceeds that window noise up to 5x (0.11 pA/pF on a 25-sample window at -386 pA/pF, noise
-#: 0.02): quantisation would add error where the information is. float32 costs 6.2 kB per
-#: 1552-value vector (6 GB per million simulations), so it is float32.
+#: dtype in which to store observation vectors (e.g. training sets of simulations). float16
+#: keeps 11 significant bits, so its error grows with |I| and is largest exactly at the big INa
+#: currents, where the information is; float32's rounding is far below a recording's noise
+#: (both measured in BENCHMARKS.md, "Observation scheme").
 STORAGE_DTYPE = np.dtype(np.float32)
 
 # A command change smaller than this at a segment edge is round-off, not a jump.

@@ -26,16 +26,13 @@ class TrainingConfig:
     ``lr_schedule`` is ``"constant"`` or ``"cosine"``: the learning rate falls from
     ``learning_rate`` to 0 along a half cosine over ``max_epochs`` (Loshchilov & Hutter 2017,
     arXiv:1608.03983). Constant is the default because cosine did not help the bundled
-    estimator: on 200,000 cells with a 30-epoch cap (both without weight averaging) it ended at
-    validation losses 0.555 (summary) and 70.9 (flow), against 0.553 and 69.8 at a constant
-    rate (BENCHMARKS.md).
+    estimator (BENCHMARKS.md, "Tried and not adopted: a cosine learning-rate schedule").
     ``ema_decay`` > 0 validates, keeps and returns an exponential moving average of the weights
     over optimiser steps (Polyak & Juditsky 1992, SIAM J Control Optim 30:838) instead of the
     last step's weights; 0 turns it off. Averaging removes the step-to-step noise that a
     constant learning rate leaves in the weights. The default 0.999 averages over about 1000
-    steps (1.4 epochs of 180,000 cells); on the bundled estimator it lowered the best
-    validation losses from 0.553 to 0.538 (summary) and from 69.8 to 68.2 (flow) in the same
-    30 epochs (BENCHMARKS.md).
+    steps; it lowered both stages' validation losses of the bundled estimator (BENCHMARKS.md,
+    "Adopted: a moving average of the weights").
     """
 
     flow: str = "nsf"

@@ -1,6 +1,6 @@
 """Embedding network: an observation vector -> a short feature vector for the flow.
 
-Observations (:mod:`sbi_twins.observation`) are window means of the recorded current in pA/pF.
+Observations (:mod:`sbi_twins.data.windows`) are window means of the recorded current in pA/pF.
 Their range is wide (INa peaks of -300 next to plateau currents of 0.1), so the network sees
 ``asinh(x / 1 pA/pF)``: linear for small currents, logarithmic for large ones, sign kept.
 

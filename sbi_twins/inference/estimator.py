@@ -245,8 +245,8 @@ class Estimator:
     ) -> pd.DataFrame:
         """Posterior summaries of many cells at once (batched sampling), traces (N, T).
 
-        ``batch_size`` cells share one call of the flow. Ten is the fastest on CPU here: larger
-        batches spill the caches (90 cells x 1000 draws: 8.9 s in batches of 10, 18 s in one).
+        ``batch_size`` cells share one call of the flow. Ten is the fastest on a CPU: larger
+        batches spill the caches (BENCHMARKS.md, "Speed of fitting").
 
         Returns
         -------

@@ -63,8 +63,7 @@ def fit_streaming(
         module.load_state_dict(saved["module"])
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])
-        if "average" in saved:  # checkpoints written before weight averaging existed
-            average.load_state_dict(saved["average"])
+        average.load_state_dict(saved["average"])
         state = saved["state"]
     torch.manual_seed(config.seed)
     bar = tqdm(

@@ -1,7 +1,7 @@
 """Action-potential features of sampled membrane-potential traces.
 
-Definitions (after ``shared/reference/kernik2019/SPEC.md`` §10)
----------------------------------------------------------------
+Definitions (those of the reference study's AP features)
+--------------------------------------------------------
 Let ``V[i]`` be sampled at ``t_i = i * dt`` and ``thr`` the threshold (default -20 mV).
 
 *Beat*

@@ -1,8 +1,9 @@
 """Viability filter: keep only cells that beat spontaneously and regularly.
 
 The reference study trained on spontaneously beating cells only, and most random parameter draws
-do not beat (SPEC §11: 36.5 % of ±40 % draws show regular APs). This module states that filter as
-an explicit rule set, :class:`ViabilityRules`, and applies it cheaply with :func:`check_viability`.
+do not beat (about a third of the ±40 % draws show regular APs). This module states that filter
+as an explicit rule set, :class:`ViabilityRules`, and applies it cheaply with
+:func:`check_viability`.
 
 The rule
 --------
@@ -39,18 +40,12 @@ the window, whatever its phase, and a slower one never does.
 
 Defaults
 --------
-They mirror the rule of the study as SPEC §11 states it, "≥ 3 beats, peak > 0 mV, MDP < -50 mV"
-in a 10 s window after settling, with beats counted as complete beats like the reference
-``summary.json``. SPEC judges 50-60 s; simulating 60 s per draw costs about 10 times more. On
-1000 prior draws (``python benchmarks/viability.py --draws 1000 --seed 2``) the defaults accept
-33.4 % and agree with that 50-60 s verdict for 95.8 % of the draws (settle 2 s: 95.7 %, 5 s:
-95.8 %, 10 s: 96.5 %; ``max_interval_ms = 3000``: 96.3 %, but then the window decides for cycle
-lengths of 2.5-3.3 s). The rest are cells whose rhythm changes after the window, which only a
-much longer settle would catch. The settle is not shorter than 3 s because a cell's first AP
-from the initial state can come late (after 4 s in 1 % of the accepted cells) and differs from
-the later ones. The solver settings (V every 1 ms, ``dt_max_ms = 0.5``) gave the same verdict as
-strict ones (V every 0.1 ms, ``simulate_ap`` defaults) for all 1000 draws, at a fifth of the
-cost.
+They mirror the reference study's rule, "≥ 3 beats, peak > 0 mV, MDP < -50 mV" in a 10 s window
+after settling, with beats counted as complete beats like its feature summaries. The study judged
+50-60 s of activity, which costs about 10 times more to simulate; how often the two verdicts agree,
+for these and other settle times and solver settings, is measured by ``benchmarks/viability.py``
+(BENCHMARKS.md, "Viability filter"). The settle is not shorter than 3 s because a cell's first
+AP from the initial state can come late and differs from the later ones.
 """
 
 from __future__ import annotations
