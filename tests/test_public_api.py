@@ -1,6 +1,7 @@
 """The public API contract of DESIGN.md, run as a user would: names, call shapes and return
 shapes. Lines of the contract that belong to capabilities not built yet (recordings from files,
-drugs and screens, diagnostics) join this test with them."""
+drugs and screens, diagnostics) join this test with them.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_params_as_mappings_and_frames_and_unknown_names(model):
 
 def test_prior_draws_feed_every_simulator_unchanged(model):
     """The natural pipeline: a prior's draws (recording columns and fixed values included)
-    go straight into the cell simulations and the recording simulator."""
+    go straight into the cell simulations and the recording simulator.
+    """
     prior = st.load_prior("kernik2019_pm40")
     assert isinstance(prior.names, tuple)
     theta = prior.sample(3, seed=0)

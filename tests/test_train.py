@@ -508,7 +508,8 @@ def test_epoch_caps_are_part_of_the_run_identity_only_under_a_cosine_schedule():
 
 def test_a_stored_bundle_of_format_2_still_loads_and_draws_the_same():
     """Compatibility: a bundle written by an earlier version (tests/data/format2_bundle, made by
-    its make_format2_bundle.py) loads safely and gives the draws it gave then."""
+    its make_format2_bundle.py) loads safely and gives the draws it gave then.
+    """
     from conftest import DATA
 
     estimator = load_estimator(DATA / "format2_bundle")
