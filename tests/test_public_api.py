@@ -58,12 +58,12 @@ def test_prior_draws_feed_every_simulator_unchanged(model):
     assert isinstance(theta, pd.DataFrame) and len(theta) == 3
     assert any(c.startswith("recording.") for c in theta.columns)
     proto = st.load_protocol("kernik_steps")
-    ideal = model.simulate_vc(proto, theta, sample_interval_ms=0.5)
+    ideal = model.simulate_vc(proto, theta, sample_interval_ms=0.1)
     cells_only = theta[list(prior.model_names)]
-    np.testing.assert_array_equal(ideal, model.simulate_vc(proto, cells_only, 0.5))
+    np.testing.assert_array_equal(ideal, model.simulate_vc(proto, cells_only, 0.1))
     voltage = model.simulate_ap(theta, duration_ms=1_000)
     assert voltage.shape == (3, 2001)
-    recorded = st.simulate_recordings(model, proto, theta, seeds=range(3), sample_interval_ms=0.5)
+    recorded = st.simulate_recordings(model, proto, theta, seeds=range(3), sample_interval_ms=0.1)
     assert recorded.shape == ideal.shape
     assert not np.allclose(recorded, ideal)  # the recording model acts: Rs, leak, noise...
 
@@ -86,7 +86,7 @@ def test_a_fixed_prior_value_is_simulated(model, tmp_path):
 
 
 def test_datasets(tmp_path):
-    spec = st.DatasetSpec(protocol="kernik_steps", chunk_size=8, sample_interval_ms=0.5)
+    spec = st.DatasetSpec(protocol="kernik_steps", chunk_size=8)
     st.simulate_dataset(tmp_path / "ds", 2, spec, workers=1, progress=False)
     ds = st.open_dataset(tmp_path / "ds")
     assert len(ds) == 2

@@ -219,6 +219,38 @@ def test_filter_off_keeps_every_cell_that_simulates(tmp_path, protocol_file):
 def test_n_must_be_positive(tmp_path, spec, n):
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         simulate_dataset(tmp_path / "x", n, spec, workers=1, progress=False)
+    assert not (tmp_path / "x").exists()  # validated before anything is written
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prior": "no_such_prior"}, "unknown prior 'no_such_prior'"),
+        ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
+        ({"sample_interval_ms": -0.1}, "sample_interval_ms must be a finite number > 0"),
+        ({"viability": "on"}, "viability must be ViabilityRules or None"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, spec, change, message):
+    from dataclasses import replace
+
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        simulate_dataset(tmp_path / "x", 2, replace(spec, **change), workers=1, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_dataset_of_another_format_is_refused_on_open(tmp_path, reference):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference.directory, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format": 99}))
+    with pytest.raises(ValueError, match="dataset of format 99; this sbi-twins reads format 1"):
+        open_dataset(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable dataset manifest"):
+        open_dataset(copy)
 
 
 def test_disk_full_before_and_during(tmp_path, spec, monkeypatch):

@@ -517,3 +517,27 @@ def test_a_stored_bundle_of_format_2_still_loads_and_draws_the_same():
     expected = np.load(DATA / "format2_bundle" / "expected.npz")
     draws = estimator.posteriors(expected["observation"])[0].sample(50, seed=0)
     np.testing.assert_allclose(draws[list(estimator.names)], expected["draws"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"flow": "nope"}, "TrainingConfig.flow must be one of 'nsf'"),
+        ({"batch_size": 0}, "TrainingConfig.batch_size must be an integer >= 1"),
+        ({"max_epochs": 0}, "TrainingConfig.max_epochs must be an integer >= 1"),
+        ({"learning_rate": -1e-3}, "TrainingConfig.learning_rate must be a finite number > 0"),
+        ({"channels": ()}, "TrainingConfig.channels must be a non-empty sequence"),
+        ({"dense": (64, 0)}, "each of TrainingConfig.dense must be an integer >= 1"),
+        ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+        ({"seed": 1.5}, "TrainingConfig.seed must be an integer >= 0"),
+    ],
+)
+def test_training_settings_are_validated_when_made(change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(SMALL, **change)
+
+
+def test_an_unknown_device_is_refused_before_training(datasets, tmp_path):
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        train_estimator(datasets[0].directory, tmp_path / "e", SMALL, device="tpu")
+    assert not (tmp_path / "e").exists()

@@ -207,7 +207,8 @@ def _crossings(v: np.ndarray, thr: float) -> np.ndarray:
 def _peak_indices(v: np.ndarray, crossings: np.ndarray) -> np.ndarray:
     """Index of the highest sample of each beat (up to the next crossing or the trace end)."""
     ends = np.append(crossings[1:], v.size)
-    peaks = [c + int(np.argmax(v[c:e])) for c, e in zip(crossings, ends, strict=True)]
+    # without crossings, `ends` still holds the trace end: zip stops at the shorter
+    peaks = [c + int(np.argmax(v[c:e])) for c, e in zip(crossings, ends, strict=False)]
     return np.array(peaks, dtype=np.int64)
 
 
