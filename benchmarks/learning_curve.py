@@ -108,7 +108,7 @@ def evaluate_npe(estimator, test, n_samples: int, batch: int = 10) -> dict:
         means.append(theta.mean(axis=0))
         mc_variance.append(theta.var(axis=0, ddof=1) / n_samples)
         contraction.append(1.0 - theta.var(axis=0) / prior_var)
-        loglik.append(estimator.log_prob_batch(truth[start : start + batch], x))
+        loglik.append(estimator.log_prob(truth[start : start + batch][None], x)[0])
         low, high = np.quantile(theta, [0.05, 0.95], axis=0)
         inside.append(
             (low <= truth[start : start + batch]) & (truth[start : start + batch] <= high)

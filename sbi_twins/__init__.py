@@ -16,13 +16,19 @@ from .protocol import Protocol, Segment, load_protocol
 from .recording import simulate_recordings
 
 _INFERENCE = {"CellPosterior", "Estimator", "TrainingConfig", "load_estimator", "train_estimator"}
+_DIAGNOSTICS = {"Diagnostics", "diagnose"}
 
 
 def __getattr__(name: str):
-    if name in _INFERENCE:  # torch is imported only when inference is used
+    # torch is imported only when inference is used
+    if name in _INFERENCE:
         from . import inference
 
         return getattr(inference, name)
+    if name in _DIAGNOSTICS:
+        from . import diagnostics
+
+        return getattr(diagnostics, name)
     raise AttributeError(f"module 'sbi_twins' has no attribute {name!r}")
 
 
@@ -33,6 +39,7 @@ __all__ = [
     "CellPosterior",
     "Dataset",
     "DatasetSpec",
+    "Diagnostics",
     "Estimator",
     "Prior",
     "Protocol",
@@ -40,6 +47,7 @@ __all__ = [
     "SimulationWarning",
     "TrainingConfig",
     "__version__",
+    "diagnose",
     "load_estimator",
     "load_model",
     "load_prior",

@@ -48,6 +48,10 @@ def test_log_prob_is_the_flow_density_of_the_shifted_draws():
         context, anchor = network.summary.context(x)
         for k in range(5):
             direct = network.flow.log_prob((z[k] - anchor)[None], condition=context)[0]
-            torch.testing.assert_close(network.log_prob(z[k], x), direct)
+            torch.testing.assert_close(network.log_prob(z[k][None], x)[0], direct)
+        # many sets for one observation (its summary computed once) = each set on its own
+        many = network.log_prob(z[:, :1], x[:1])[:, 0]
+        one_by_one = torch.stack([network.log_prob(z[k, :1][None], x[:1])[0, 0] for k in range(5)])
+        torch.testing.assert_close(many, one_by_one)
         # the anchor moves the draws: the same noise lands elsewhere for another trace
         assert not torch.allclose(anchor[0], anchor[1])

@@ -17,7 +17,7 @@ from .. import _resources
 from .._util import check_integer
 from ..data import Dataset, ObservationScheme
 from ..data.dataset import manifest_differences
-from ..engine import CellModel, load_model
+from ..engine import CellModel, SimulationWarning, load_model
 from ..physiology import ViabilityRules, check_viability
 from ..prior import Prior
 from ..protocol import Protocol
@@ -68,7 +68,7 @@ class Estimator:
             f"trained on {self.manifest['training_set']['cells']} cells)"
         )
 
-    def observe(self, traces: np.ndarray, sample_interval_ms: float | None = None) -> np.ndarray:
+    def reduce(self, traces: np.ndarray, sample_interval_ms: float | None = None) -> np.ndarray:
         """Reduce full-rate traces (T,) or (N, T) to observation vectors, checking them.
 
         A trace sampled at another interval is resampled onto the protocol grid by linear
@@ -106,11 +106,11 @@ class Estimator:
         """The posterior of one cell from its recorded trace (pA/pF), sampled on
         ``protocol.times(sample_interval_ms)``.
         """
-        x = self.observe(trace, sample_interval_ms)
+        x = self.reduce(trace, sample_interval_ms)
         if x.ndim != 1:
             raise ValueError(
                 "fit takes one trace (T,); for several cells use summaries(traces) or "
-                "posteriors(observe(traces))"
+                "posteriors(reduce(traces))"
             )
         return CellPosterior(self, x)
 
@@ -169,7 +169,8 @@ class Estimator:
 
         Prior draws (taken 8 at a time from ``numpy.random.default_rng(seed)``) that pass
         the training set's viability rules, recorded through its recording model under
-        :attr:`protocol`; cell ``i``'s recording noise is seeded with ``seed + i``.
+        :attr:`protocol`; the ``k``-th viable draw's recording noise is seeded with
+        ``seed + k``. As in a dataset, a draw whose recording cannot be simulated is dropped.
 
         Parameters
         ----------
@@ -193,21 +194,30 @@ class Estimator:
         model = self.cell_model()
         rules = self.manifest["training_set"]["viability"]
         rng = np.random.default_rng(seed)
-        kept, drawn = [], 0
-        while sum(map(len, kept)) < n:
-            if drawn >= max_draws:
-                raise ValueError(
-                    f"only {sum(map(len, kept))} of {drawn} prior draws are viable, fewer than "
-                    f"the {n} asked for; check the prior and the viability rules"
-                )
-            theta = self.prior.sample(8, seed=rng)
-            drawn += 8
-            if rules is not None:
-                verdict = check_viability(model, theta, ViabilityRules.from_dict(rules))
-                theta = theta[verdict["viable"].to_numpy()]
-            kept.append(theta)
-        cells = pd.concat(kept, ignore_index=True).iloc[:n]
-        return cells, self.simulate_recordings(cells, seed + np.arange(n))
+        cells, traces, drawn, viable = [], [], 0, 0
+        while sum(map(len, cells)) < n:
+            candidates = []  # viable draws, enough for the cells still missing
+            while sum(map(len, candidates)) < n - sum(map(len, cells)):
+                if drawn >= max_draws:
+                    raise ValueError(
+                        f"{drawn} prior draws gave fewer than the {n} viable cells asked for; "
+                        "check the prior and the viability rules"
+                    )
+                theta = self.prior.sample(8, seed=rng)
+                drawn += 8
+                if rules is not None:
+                    verdict = check_viability(model, theta, ViabilityRules.from_dict(rules))
+                    theta = theta[verdict["viable"].to_numpy()]
+                candidates.append(theta)
+            theta = pd.concat(candidates, ignore_index=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SimulationWarning)  # failures are dropped
+                recorded = self.simulate_recordings(theta, seed + viable + np.arange(len(theta)))
+            viable += len(theta)
+            ok = np.isfinite(recorded).all(axis=1)  # as in datasets: "simulation_failed"
+            cells.append(theta[ok])
+            traces.append(recorded[ok])
+        return pd.concat(cells, ignore_index=True).iloc[:n], np.concatenate(traces)[:n]
 
     def simulate_recordings(self, theta: pd.DataFrame, seeds: np.ndarray) -> np.ndarray:
         """What the amplifier records from parameter sets, as for the training cells.
@@ -255,7 +265,7 @@ class Estimator:
             draws per cell.
         """
         check_integer("n", n, minimum=2, what="draws per cell")
-        xs = self.observe(np.atleast_2d(traces), sample_interval_ms)
+        xs = self.reduce(np.atleast_2d(traces), sample_interval_ms)
         tables = []
         for start in range(0, len(xs), batch_size):
             z = self.sample_z(xs[start : start + batch_size], n, seed + start)  # (n, B, D)
@@ -297,17 +307,35 @@ class Estimator:
             z = self._network.sample(n, torch.as_tensor(x, dtype=torch.float32))
         return z.numpy().astype(float)
 
-    def log_prob_batch(self, theta: np.ndarray, observations: np.ndarray) -> np.ndarray:
-        """Posterior log density of ``theta[i]`` given ``observations[i]``, (B, D) and (B, L)."""
-        z = self.prior.to_unbounded(theta)
-        log_prior = self.prior.log_prob(theta)
+    def log_prob(self, theta: np.ndarray, observations: np.ndarray) -> np.ndarray:
+        """Posterior log density of parameter sets, for one or many cells.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            (S, B, D) parameter values in :attr:`names` order: S sets for each of B cells.
+            Every set must lie inside the prior's bounds.
+        observations : numpy.ndarray
+            (B, L) the cells' observation vectors. The summary network runs once per cell.
+
+        Returns
+        -------
+        numpy.ndarray
+            (S, B): the flow's density of ``z = prior.to_unbounded(theta)`` carried to parameter
+            space by the change of variables, ``log p(theta) = log q(z) + log |dz/dtheta|``,
+            with the Jacobian from the prior (``log prior(theta) - log prior_z(z)``).
+        """
+        shape = theta.shape[:2]
+        flat = theta.reshape(-1, theta.shape[-1])
+        z = self.prior.to_unbounded(flat)
+        jacobian = self.prior.log_prob(flat)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*triangular_solve.*")  # inside nflows
             zt = torch.as_tensor(z, dtype=torch.float32)
+            jacobian = jacobian - self._z_prior.log_prob(zt).numpy()
             condition = torch.as_tensor(observations, dtype=torch.float32)
-            log_q = self._network.log_prob(zt, condition).numpy()
-            log_prior_z = self._z_prior.log_prob(zt).numpy()
-        return log_q + log_prior - log_prior_z
+            log_q = self._network.log_prob(zt.reshape(*shape, -1), condition).numpy()
+        return log_q + jacobian.reshape(shape)
 
 
 def load_estimator(

@@ -95,9 +95,13 @@ class PosteriorNetwork(nn.Module):
         return self.flow.sample((n,), condition=context) + anchor
 
     def log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``log q(z[i] | x[i])`` for ``z`` (B, D) and ``x`` (B, L) -> (B,)."""
+        """``log q(z[s, b] | x[b])`` for ``z`` (S, B, D) and ``x`` (B, L) -> (S, B).
+
+        The summary (and the flow's conditioning) is computed once per observation, however
+        many ``z`` are evaluated for it.
+        """
         context, anchor = self.summary.context(x)
-        return self.flow.log_prob((z - anchor)[None], condition=context)[0]
+        return self.flow.log_prob(z - anchor, condition=context)
 
 
 def build_summary(config: TrainingConfig, length: int, prior: Prior) -> SummaryNetwork:

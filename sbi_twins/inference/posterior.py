@@ -62,17 +62,16 @@ class CellPosterior:
     def log_prob(self, theta: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Posterior log density of parameter sets (model units; -inf outside the prior).
 
-        The flow's density of ``z`` is carried to parameter space by the change of variables
-        ``log p(theta) = log q(z) + log |dz/dtheta|``, where the prior supplies the Jacobian
-        (``log prior(theta) - log prior_z(z)``).
+        See :meth:`Estimator.log_prob`; the summary network runs once, whatever the number
+        of parameter sets.
         """
         prior = self.estimator.prior
         theta = prior._as_array(theta)
         inside = np.isfinite(prior.log_prob(theta))
         out = np.full(theta.shape[0], -np.inf)
         if inside.any():
-            repeated = np.repeat(self.observation[None], inside.sum(), axis=0)
-            out[inside] = self.estimator.log_prob_batch(theta[inside], repeated)
+            sets = theta[inside][:, None, :]  # one cell: its summary is computed once
+            out[inside] = self.estimator.log_prob(sets, self.observation[None])[:, 0]
         return out
 
     def summary(self, n: int = 10_000, seed: int | None = None) -> pd.DataFrame:
