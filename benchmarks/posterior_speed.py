@@ -4,7 +4,8 @@ One run measures, on this CPU (torch's default threads):
 
 1. Loading the estimator bundle.
 2. One cell: ``estimator.fit(trace)`` (observation scheme + checks), then 10,000 posterior
-   draws (``CellPosterior.sample``), then ``summary()`` of 10,000 draws.
+   draws (``CellPosterior.sample``), then ``summary()`` of 10,000 draws, then the posterior
+   density of 1,000 draws (``CellPosterior.log_prob``).
 3. Many cells: ``estimator.summaries(traces, n)`` for N cells at once (batched sampling and
    vectorised summaries), and the same cells one at a time (``fit`` + ``summary``) for contrast.
 4. Training time of the estimator, from its ``training_log.csv`` (when the bundle has one).
@@ -86,7 +87,12 @@ def main(argv=None) -> None:
     fit_s, posterior = _timed(lambda: estimator.fit(traces[0]), repeats)
     sample_s, _ = _timed(lambda: posterior.sample(10_000, seed=args.seed), repeats)
     summary_s, _ = _timed(lambda: posterior.summary(10_000, seed=args.seed), repeats)
-    log(f"one cell: fit {fit_s:.3f} s, 10k draws {sample_s:.3f} s, summary {summary_s:.3f} s")
+    thousand = posterior.sample(1000, seed=args.seed)
+    log_prob_s, _ = _timed(lambda: posterior.log_prob(thousand), repeats)
+    log(
+        f"one cell: fit {fit_s:.3f} s, 10k draws {sample_s:.3f} s, summary {summary_s:.3f} s, "
+        f"log_prob of 1000 draws {log_prob_s:.3f} s"
+    )
 
     many_s, _ = _timed(lambda: estimator.summaries(traces, args.draws, args.seed), repeats)
     start = time.perf_counter()
@@ -121,6 +127,7 @@ def main(argv=None) -> None:
         "fit_one_s": fit_s,
         "sample_10k_s": sample_s,
         "summary_10k_s": summary_s,
+        "log_prob_1k_s": log_prob_s,
         "cells": len(traces),
         "draws_per_cell": args.draws,
         "many_batched_s": many_s,
@@ -137,6 +144,7 @@ def _markdown(res: dict) -> str:
         ("fit one cell (checks + observation scheme)", res["fit_one_s"]),
         ("10,000 posterior draws, one cell", res["sample_10k_s"]),
         ("summary of 10,000 draws (mean, sd, 94% HDI, contraction)", res["summary_10k_s"]),
+        ("log_prob of 1,000 draws, one cell", res["log_prob_1k_s"]),
         (f"{n} cells, {draws} draws each, batched (`summaries`)", res["many_batched_s"]),
         (
             f"{n} cells, {draws} draws each, one at a time (`fit` + `summary`)",

@@ -6,6 +6,7 @@ has one implementation with one tolerance and one wording of its error messages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -143,3 +144,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's content (read in blocks, never whole into memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine in bytes, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(count: float) -> str:
+    """A byte count for messages: ``"512 B"``, ``"3.4 MB"``, ``"1.2 GB"``, ``"180 TB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count:.0f} B"
+
+
+def refuse_directory(name_or_path: str | os.PathLike, what: str) -> None:
+    """Raise IsADirectoryError if ``name_or_path`` is an existing directory.
+
+    For loaders whose "file not found" would mislead when the user pointed at a folder;
+    ``what`` names the file expected, e.g. ``"a .mmt model file"``.
+    """
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not {what}; pass the file's path")

@@ -112,6 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay,
+        n_flows=args.n_flows,
     )
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet
@@ -255,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.999,
         help="decay per step of the moving average of the weights (0: no averaging)",
+    )
+    train.add_argument(
+        "--flows",
+        dest="n_flows",
+        type=int,
+        default=1,
+        help="flows in the ensemble (their mixture is the posterior); rerun with more to add",
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -23,7 +23,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ._resources import resolve
-from ._util import check_number, check_positive, whole_multiple
+from ._util import (
+    check_number,
+    check_positive,
+    format_bytes,
+    refuse_directory,
+    whole_multiple,
+)
 
 __all__ = ["Protocol", "Segment", "load_protocol"]
 
@@ -33,6 +39,14 @@ _KINDS: tuple[str, ...] = ("step", "ramp", "sine")
 # Times within this distance of a segment edge count as on the edge. It absorbs float
 # round-off of grids like 0.1 * k (error ~1e-12 ms) without moving genuine samples.
 _EDGE_TOL_MS = 1e-9
+
+#: Largest command magnitude (mV) a protocol may reach, holding level included. Clamp protocols
+#: stay within about ±150 mV; beyond ±250 mV the models' rate expressions overflow and every cell
+#: fails, so such a value is a typo or a unit slip (µV for mV), refused when the protocol is made.
+MAX_ABS_VOLTAGE_MV = 250.0
+#: Most samples :meth:`Protocol.times` gives (8 bytes each per cell and array: 0.4 GB): longer
+#: grids are refused before anything is allocated (e.g. a protocol of 1e10 ms).
+MAX_SAMPLES = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,13 @@ class Segment:
         """Return a sine of `amplitude_mV` and `frequency_hz` around `offset_mV`."""
         return cls("sine", duration_ms, offset_mV, offset_mV, amplitude_mV, frequency_hz, phase_rad)
 
+    def voltage_range(self) -> tuple[float, float]:
+        """Return the lowest and highest command (mV) of the segment."""
+        if self.kind == "sine":
+            swing = abs(self.amplitude_mV)
+            return self.v_start_mV - swing, self.v_start_mV + swing
+        return min(self.v_start_mV, self.v_end_mV), max(self.v_start_mV, self.v_end_mV)
+
     def voltage_at(self, t_in_segment_ms: np.ndarray) -> np.ndarray:
         """Return the command voltage (mV) at times measured from the segment start.
 
@@ -156,6 +177,12 @@ class Protocol:
         File the protocol was loaded from, or ``""``. Not part of :meth:`content_hash`.
     reference : str, optional
         Literature reference for the protocol.
+
+    Raises
+    ------
+    ValueError
+        No segments, a non-finite holding level, or a command (holding level included) beyond
+        ``±MAX_ABS_VOLTAGE_MV`` (250 mV); the message names the segment.
     """
 
     name: str
@@ -174,6 +201,29 @@ class Protocol:
             if not isinstance(seg, Segment):
                 raise ValueError(f"segment {i} must be a Segment, got {type(seg).__name__}")
         object.__setattr__(self, "holding_mV", check_number("holding_mV", self.holding_mV))
+        voltage, number = self.most_extreme_command()
+        if abs(voltage) > MAX_ABS_VOLTAGE_MV:
+            where = f"segment {number} ({segments[number - 1].kind})" if number else "holding_mV"
+            raise ValueError(
+                f"{where} of protocol {self.name!r} commands {voltage:+g} mV, outside the range "
+                f"a protocol may use (|V| <= {MAX_ABS_VOLTAGE_MV:g} mV; beyond it the models' "
+                "rate expressions overflow); check the value and its unit (mV)"
+            )
+
+    def most_extreme_command(self) -> tuple[float, int]:
+        """Return the command of largest magnitude (mV) and where it is.
+
+        Returns
+        -------
+        (float, int)
+            The voltage and the 1-based number of its segment (0: the holding level).
+        """
+        candidates = [(self.holding_mV, 0)] + [
+            (v, number)
+            for number, segment in enumerate(self.segments, start=1)
+            for v in segment.voltage_range()
+        ]
+        return max(candidates, key=lambda c: abs(c[0]))
 
     @property
     def duration_ms(self) -> float:
@@ -201,10 +251,18 @@ class Protocol:
         Raises
         ------
         ValueError
-            If the interval is not positive and finite, or does not divide the duration.
+            If the interval is not positive and finite, or does not divide the duration, or the
+            grid would have more than :data:`MAX_SAMPLES` samples (checked before allocating).
         """
         si = check_positive("sample_interval_ms", sample_interval_ms)
         duration = self.duration_ms
+        if duration / si + 1 > MAX_SAMPLES:
+            raise ValueError(
+                f"protocol {self.name!r} lasts {duration:g} ms: sampled every {si:g} ms its trace "
+                f"would be {duration / si + 1:.4g} samples long ({format_bytes(8 * (duration / si))}"
+                f" per cell), more than the {MAX_SAMPLES:,} samples supported; shorten the "
+                "protocol (check its durations are in ms) or sample it more coarsely"
+            )
         n_intervals = whole_multiple(
             duration,
             si,
@@ -369,8 +427,15 @@ def load_protocol(name_or_path: str | os.PathLike[str]) -> Protocol:
         type = "sine"                   # sine: duration_ms, offset_mV, amplitude_mV,
         ...                             #       frequency_hz, phase_rad (optional, 0)
     """
-    path = resolve(name_or_path, "protocols", ".toml")
-    text = path.read_text(encoding="utf-8")
+    try:
+        path = resolve(name_or_path, "protocols", ".toml")
+    except FileNotFoundError:
+        refuse_directory(name_or_path, "a .toml protocol file")
+        raise
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text .toml protocol file ({exc.reason})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

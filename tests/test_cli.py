@@ -77,7 +77,15 @@ def test_train_defaults_are_those_of_training_config():
     from sbi_twins.inference import TrainingConfig
 
     args = build_parser().parse_args(["train", "ds", "--out", "e"])
-    options = ("max_epochs", "flow_max_epochs", "batch_size", "seed", "lr_schedule", "ema_decay")
+    options = (
+        "max_epochs",
+        "flow_max_epochs",
+        "batch_size",
+        "seed",
+        "lr_schedule",
+        "ema_decay",
+        "n_flows",
+    )
     for option in options:
         assert getattr(args, option) == getattr(TrainingConfig, option), option
 

@@ -47,7 +47,7 @@ def test_log_prob_is_the_flow_density_of_the_shifted_draws():
         z = network.sample(5, x)  # (5, 3, D)
         context, anchor = network.summary.context(x)
         for k in range(5):
-            direct = network.flow.log_prob((z[k] - anchor)[None], condition=context)[0]
+            direct = network.flows[0].log_prob((z[k] - anchor)[None], condition=context)[0]
             torch.testing.assert_close(network.log_prob(z[k][None], x)[0], direct)
         # many sets for one observation (its summary computed once) = each set on its own
         many = network.log_prob(z[:, :1], x[:1])[:, 0]

@@ -292,13 +292,6 @@ def test_a_bundle_whose_pickle_would_run_code_is_refused(estimator, tmp_path):
     assert not marker.exists()
 
 
-def test_a_damaged_bundle_is_a_clean_error(estimator, tmp_path):
-    data = (estimator.path / "estimator.pt").read_bytes()
-    (tmp_path / "estimator.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="damaged or not a torch file"):
-        load_estimator(tmp_path)
-
-
 def test_an_edited_prior_record_in_a_bundle_is_refused(estimator, tmp_path):
     data = torch.load(estimator.path / "estimator.pt", weights_only=True)
     data["manifest"]["prior"]["parameters"][0]["high"] = 3.0
@@ -541,3 +534,47 @@ def test_an_unknown_device_is_refused_before_training(datasets, tmp_path):
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         train_estimator(datasets[0].directory, tmp_path / "e", SMALL, device="tpu")
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[: len(data) // 3], lambda data: b"", lambda data: bytes(range(256)) * 8],
+    ids=["truncated", "empty", "random bytes"],
+)
+def test_damaged_estimator_files_are_named_not_tracebacks(estimator, tmp_path, damage):
+    data = (estimator.path / "estimator.pt").read_bytes()
+    (tmp_path / "estimator.pt").write_bytes(damage(data))
+    with pytest.raises(ValueError, match=r"estimator.pt is damaged or not a torch file"):
+        load_estimator(tmp_path)
+
+
+def test_an_ensemble_of_flows_is_added_to_a_finished_run(datasets, files):
+    """n_flows only adds flows: rerunning a finished single-flow run with n_flows=2 keeps its
+    summary network and first flow and trains a second; the posterior is their mixture.
+    """
+    config = replace(SMALL, max_epochs=3)
+    out = files / "ensemble"
+    single = train_estimator(datasets[0].directory, out, config, progress=False)
+    log = pd.read_csv(out / "training_log.csv")
+    pair = train_estimator(datasets[0].directory, out, replace(config, n_flows=2), progress=False)
+    again = pd.read_csv(out / "training_log.csv")
+    assert set(again["stage"]) == {"summary", "flow", "flow1"}
+    pd.testing.assert_frame_equal(again[again["stage"] != "flow1"], log)  # nothing retrained
+    assert pair.manifest["format"] == 3 and pair.manifest["training"]["n_flows"] == 2
+    assert len(pair.manifest["validation"]["flow_best_losses"]) == 2
+
+    x = torch.as_tensor(datasets[1].observations[:2], dtype=torch.float32)
+    network = pair._network
+    with torch.no_grad():
+        z = network.sample(300, x)
+        context, anchor = network.summary.context(x)
+        members = torch.stack([f.log_prob(z - anchor, condition=context) for f in network.flows])
+        mixture = network.log_prob(z, x)
+        first = single._network.log_prob(z, x)
+    expected = torch.logsumexp(members, dim=0) - np.log(2)
+    torch.testing.assert_close(mixture, expected)
+    torch.testing.assert_close(members[0], first)  # flow 0 is the single run's flow
+    assert not torch.allclose(members[0], members[1])
+    a = pair.posteriors(datasets[1].observations[0])[0].sample(200, seed=4)
+    b = load_estimator(out).posteriors(datasets[1].observations[0])[0].sample(200, seed=4)
+    pd.testing.assert_frame_equal(a, b)

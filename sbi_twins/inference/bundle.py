@@ -19,8 +19,10 @@ from ..prior import Prior
 from .config import TrainingConfig
 from .loop import load_checkpoint, save_atomic
 
-#: Version of the estimator file layout; a file of another format is refused.
-BUNDLE_FORMAT = 2
+#: Version of the estimator file layout; a file of another format is refused. Format 3 holds a
+#: list of flows (``flows.<k>.*``); format 2 (one flow, ``flow.*``) is read and upgraded.
+BUNDLE_FORMAT = 3
+READABLE_FORMATS = (2, 3)
 
 
 def read_bundle(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -34,13 +36,21 @@ def read_bundle(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     data = load_checkpoint(file)
     manifest = data.get("manifest") if isinstance(data, dict) else None
     found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != BUNDLE_FORMAT or not isinstance(data.get("state_dict"), dict):
+    if found not in READABLE_FORMATS or not isinstance(data.get("state_dict"), dict):
         made_by = manifest.get("versions", {}).get("sbi_twins", "?") if found else "?"
+        readable = " and ".join(map(str, READABLE_FORMATS))
         raise ValueError(
             f"{file} is an estimator of format {found!r} (sbi-twins {made_by}); this sbi-twins "
-            f"{package_version()} reads format {BUNDLE_FORMAT}. Retrain it with `sbi-twins train`."
+            f"{package_version()} reads formats {readable}. Retrain it with `sbi-twins train`."
         )
-    return data["state_dict"], manifest
+    state = data["state_dict"]
+    if found == 2:  # one flow, stored as `flow.*`: the first (only) flow of the list
+        state = {_upgrade_key(key): value for key, value in state.items()}
+    return state, manifest
+
+
+def _upgrade_key(key: str) -> str:
+    return "flows.0." + key.removeprefix("flow.") if key.startswith("flow.") else key
 
 
 def write_bundle(file: Path, state_dict: dict[str, torch.Tensor], manifest: dict) -> None:
@@ -86,6 +96,9 @@ def bundle_manifest(
         "validation": {
             "best_loss": stages["flow"]["best_validation_loss"],
             "epochs": stages["flow"]["epochs"],
+            "flow_best_losses": [
+                stage["best_validation_loss"] for name, stage in stages.items() if name != "summary"
+            ],
             "summary_best_loss": stages["summary"]["best_validation_loss"],
             "summary_epochs": stages["summary"]["epochs"],
         },

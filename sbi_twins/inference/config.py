@@ -33,6 +33,10 @@ class TrainingConfig:
     constant learning rate leaves in the weights. The default 0.999 averages over about 1000
     steps; it lowered both stages' validation losses of the bundled estimator (BENCHMARKS.md,
     "Adopted: a moving average of the weights").
+    ``n_flows`` > 1 trains an ensemble: that many flows on the same summary network, flow ``k``
+    with seed ``seed + k`` (initial weights and batch order), whose equally weighted mixture is
+    the posterior. Flow 0 is the flow of a single-flow run, so rerunning a finished run with a
+    higher ``n_flows`` adds flows to it.
     """
 
     flow: str = "nsf"
@@ -55,6 +59,7 @@ class TrainingConfig:
     flow_max_epochs: int | None = None
     clip_max_norm: float = 5.0
     ema_decay: float = 0.999
+    n_flows: int = 1
     seed: int = 0
     max_cells: int | None = None
 
@@ -79,6 +84,7 @@ class TrainingConfig:
             check_integer(name("flow_max_epochs"), self.flow_max_epochs, minimum=1)
         check_integer(name("stop_after_epochs"), self.stop_after_epochs, minimum=1)
         check_integer(name("seed"), self.seed)
+        check_integer(name("n_flows"), self.n_flows, minimum=1, what="flows in the ensemble")
         check_positive(name("learning_rate"), self.learning_rate)
         check_positive(name("clip_max_norm"), self.clip_max_norm)
         fraction = check_number(name("validation_fraction"), self.validation_fraction)

@@ -221,16 +221,20 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Any:
         # they stored a plain str
         with torch.serialization.safe_globals([TorchVersion]):
             return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as e:
+        refused = next((line for line in str(e).splitlines() if "Unsupported global" in line), "")
+        if not refused:  # not a valid pickle at all: damaged
+            raise ValueError(f"{path} is damaged or not a torch file (unreadable pickle)") from None
         raise ValueError(
             f"{path} is refused: it holds more than weights (its pickle would run code or "
-            f"build objects: {str(e).splitlines()[0]}). Only load estimators from sources you "
-            "trust, and retrain it with `sbi-twins train` if it is yours"
+            f"build objects; {refused.strip()}). Only load estimators from sources you trust, "
+            "and retrain it with `sbi-twins train` if it is yours"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path} is damaged or not a torch file ({e})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).split(". ")[0] or type(e).__name__
+        raise ValueError(f"{path} is damaged or not a torch file ({reason})") from None
 
 
 def check_checkpoint_identity(marker: Path, checkpoints: list[Path], identity: str) -> None:

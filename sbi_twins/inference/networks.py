@@ -82,26 +82,43 @@ class SummaryNetwork(nn.Module):
 
 
 class PosteriorNetwork(nn.Module):
-    """``q(z | x)``: a flow over ``z - anchor(x)`` conditioned on the summary of ``x``."""
+    """``q(z | x)``: a flow over ``z - anchor(x)`` conditioned on the summary of ``x``, or an
+    equally weighted mixture of K such flows that share the summary (an ensemble).
 
-    def __init__(self, summary: SummaryNetwork, flow: nn.Module):
+    A mixture of independently trained flows is a proper density, ``q = (1/K) sum_k q_k``, and
+    is known to be less over-confident than its members (Lakshminarayanan et al. 2017,
+    arXiv:1612.01474; for simulation-based inference, Hermans et al. 2022).
+    """
+
+    def __init__(self, summary: SummaryNetwork, flows: nn.Module | list[nn.Module]):
         super().__init__()
         self.summary = summary
-        self.flow = flow
+        self.flows = nn.ModuleList(flows if isinstance(flows, list) else [flows])
 
     def sample(self, n: int, x: torch.Tensor) -> torch.Tensor:
         """``n`` draws of ``z`` for each observation in ``x`` (B, L) -> (n, B, D)."""
         context, anchor = self.summary.context(x)
-        return self.flow.sample((n,), condition=context) + anchor
+        if len(self.flows) == 1:
+            return self.flows[0].sample((n,), condition=context) + anchor
+        # each draw picks its member flow; draws of one member are made in one call
+        member = torch.randint(len(self.flows), (n,))
+        u = torch.empty(n, *anchor.shape)
+        for k, flow in enumerate(self.flows):
+            chosen = member == k
+            if chosen.any():
+                u[chosen] = flow.sample((int(chosen.sum()),), condition=context)
+        return u + anchor
 
     def log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``log q(z[s, b] | x[b])`` for ``z`` (S, B, D) and ``x`` (B, L) -> (S, B).
 
-        The summary (and the flow's conditioning) is computed once per observation, however
+        The summary (and the flows' conditioning) is computed once per observation, however
         many ``z`` are evaluated for it.
         """
         context, anchor = self.summary.context(x)
-        return self.flow.log_prob(z - anchor, condition=context)
+        u = z - anchor
+        members = torch.stack([flow.log_prob(u, condition=context) for flow in self.flows])
+        return torch.logsumexp(members, dim=0) - math.log(len(self.flows))
 
 
 def build_summary(config: TrainingConfig, length: int, prior: Prior) -> SummaryNetwork:
@@ -139,7 +156,8 @@ def build_flow(config: TrainingConfig, u_stub: torch.Tensor, context_stub: torch
 def build_network(config: TrainingConfig, length: int, prior: Prior) -> PosteriorNetwork:
     """An untrained network of the right shapes, to load a trained state into."""
     n = len(prior.names)
+    stubs = torch.zeros(2, n), torch.zeros(2, config.embedding_dim + n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sbi warns about the stubs' zero variance
-        flow = build_flow(config, torch.zeros(2, n), torch.zeros(2, config.embedding_dim + n))
-    return PosteriorNetwork(build_summary(config, length, prior), flow)
+        flows = [build_flow(config, *stubs) for _ in range(config.n_flows)]
+    return PosteriorNetwork(build_summary(config, length, prior), flows)

@@ -37,7 +37,8 @@ from .loop import check_checkpoint_identity, fit_streaming
 from .networks import PosteriorNetwork, build_flow, build_summary
 from .rows import StreamingData, SummarisedData
 
-#: Checkpoint files of the two training stages, in an estimator's output directory.
+#: Checkpoint files of the two training stages, in an estimator's output directory (flow ``k``
+#: of an ensemble: ``flow<k>_checkpoint.pt``).
 CHECKPOINTS = {"summary": "summary_checkpoint.pt", "flow": "flow_checkpoint.pt"}
 
 
@@ -91,7 +92,7 @@ def train_estimator(
     out.mkdir(parents=True, exist_ok=True)
     check_checkpoint_identity(
         out / "checkpoint.identity",
-        [out / name for name in CHECKPOINTS.values()],
+        [out / CHECKPOINTS["summary"], *_flow_checkpoints(out)],
         training_identity(ds, config),
     )
     torch.manual_seed(config.seed)
@@ -108,29 +109,56 @@ def train_estimator(
     )
     summary.load_state_dict(stage1["best_state"])
     summarised = SummarisedData(data, summary, device)
-    u_stub, context_stub = summarised.block(0, min(data.n_train, 4096))
-    torch.manual_seed(config.seed)
-    flow = build_flow(config, u_stub, context_stub)
     discard_stale_flow_checkpoint(out, stage1["best_state"])
-    flow_epochs = config.max_epochs if config.flow_max_epochs is None else config.flow_max_epochs
-    stage2 = fit_streaming(
-        flow,
-        lambda u, context: flow.loss(u, condition=context),
-        summarised,
-        replace(config, max_epochs=flow_epochs),
-        out / CHECKPOINTS["flow"],
-        device=device,
-        progress=progress,
-        label="NPE 2/2 flow",
-    )
-    flow.load_state_dict(stage2["best_state"])
-    network = PosteriorNetwork(summary, flow).cpu()
-    stages = {"summary": stage1, "flow": stage2}
+    flows, stages = [], {"summary": stage1}
+    for k in range(config.n_flows):
+        flow, stages[_flow_stage(k)] = _train_flow(k, summarised, config, out, device, progress)
+        flows.append(flow)
+    network = PosteriorNetwork(summary, flows).cpu()
     manifest = bundle_manifest(ds, prior, config, stages, (data.n_train, data.n_validation))
     write_bundle(out / "estimator.pt", network.state_dict(), manifest)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     _write_log(out / "training_log.csv", stages)
     return load_estimator(out)
+
+
+def _flow_stage(k: int) -> str:
+    """Name of flow ``k``'s training stage (in the log) and its checkpoint's stem."""
+    return "flow" if k == 0 else f"flow{k}"
+
+
+def _flow_checkpoints(out: Path) -> list[Path]:
+    """The flow checkpoints that exist in ``out``."""
+    return sorted(out.glob("flow*_checkpoint.pt"))
+
+
+def _train_flow(
+    k: int,
+    summarised: SummarisedData,
+    config: TrainingConfig,
+    out: Path,
+    device: str,
+    progress: bool,
+) -> tuple[torch.nn.Module, dict]:
+    """Flow ``k`` of the ensemble, trained on the summarised rows with seed ``seed + k``."""
+    seed = config.seed + k
+    u_stub, context_stub = summarised.block(0, min(summarised.n_train, 4096))
+    torch.manual_seed(seed)
+    flow = build_flow(config, u_stub, context_stub)
+    flow_epochs = config.max_epochs if config.flow_max_epochs is None else config.flow_max_epochs
+    label = "NPE 2/2 flow" if config.n_flows == 1 else f"NPE 2/2 flow {k + 1}/{config.n_flows}"
+    stage = fit_streaming(
+        flow,
+        lambda u, context: flow.loss(u, condition=context),
+        summarised,
+        replace(config, max_epochs=flow_epochs, seed=seed),
+        out / f"{_flow_stage(k)}_checkpoint.pt",
+        device=device,
+        progress=progress,
+        label=label,
+    )
+    flow.load_state_dict(stage["best_state"])
+    return flow, stage
 
 
 def training_identity(ds: Dataset, config: TrainingConfig) -> str:
@@ -140,7 +168,7 @@ def training_identity(ds: Dataset, config: TrainingConfig) -> str:
     continues instead of starting over.
     """
     settings = config.to_dict()
-    del settings["stop_after_epochs"]
+    del settings["stop_after_epochs"], settings["n_flows"]  # more flows only add to a run
     if config.lr_schedule == "constant":
         del settings["max_epochs"], settings["flow_max_epochs"]
     text = json.dumps({"dataset": ds.manifest, "n": len(ds), "config": settings}, sort_keys=True)
@@ -159,14 +187,15 @@ def discard_stale_flow_checkpoint(out: Path, summary_state: dict[str, torch.Tens
     for name, tensor in sorted(summary_state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
-    marker, checkpoint = out / "flow_checkpoint.summary", out / CHECKPOINTS["flow"]
-    if checkpoint.exists() and (not marker.exists() or marker.read_text() != digest.hexdigest()):
+    marker, checkpoints = out / "flow_checkpoint.summary", _flow_checkpoints(out)
+    if checkpoints and (not marker.exists() or marker.read_text() != digest.hexdigest()):
         warnings.warn(
-            f"{checkpoint} was trained on an earlier state of the summary network, which has "
-            "trained further since; the flow stage starts over",
+            f"{checkpoints[0]} was trained on an earlier state of the summary network, which "
+            "has trained further since; the flow stage starts over",
             stacklevel=3,
         )
-        checkpoint.unlink()
+        for checkpoint in checkpoints:
+            checkpoint.unlink()
     atomic_write_text(marker, digest.hexdigest())
 
 
