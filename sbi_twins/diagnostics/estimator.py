@@ -85,6 +85,7 @@ def diagnose(
     seed: int = 0,
     *,
     dataset: Dataset | None = None,
+    cells: tuple[pd.DataFrame, np.ndarray] | None = None,
     n_draws: int = 1000,
     levels: tuple[float, ...] = LEVELS,
     batch_size: int = 10,
@@ -103,6 +104,9 @@ def diagnose(
     dataset : Dataset, optional
         Test cells instead of fresh simulations: its first ``n_cells`` cells (it must be made
         like the estimator's training set; checked).
+    cells : (pandas.DataFrame, numpy.ndarray), optional
+        Test cells as :meth:`Estimator.simulate_cells` returns them (parameters, recorded
+        traces), e.g. to check several estimators on the same cells: the first ``n_cells``.
     n_draws : int
         Posterior draws per cell.
     levels : tuple of float
@@ -118,9 +122,10 @@ def diagnose(
     check_integer("n_draws", n_draws, minimum=10, what="draws per cell")
     names = list(estimator.names)
     if dataset is None:
-        theta, traces = estimator.simulate_cells(n_cells, seed=seed)
-        truth = theta[names].to_numpy()
-        observations = estimator.reduce(traces)
+        theta, traces = cells or estimator.simulate_cells(n_cells, seed=seed)
+        n_cells = min(n_cells, len(theta))
+        truth = theta[names].to_numpy()[:n_cells]
+        observations = estimator.reduce(traces[:n_cells])
     else:
         estimator.check_dataset(dataset)
         n_cells = min(n_cells, len(dataset))

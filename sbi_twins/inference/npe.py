@@ -112,7 +112,7 @@ def train_estimator(
     discard_stale_flow_checkpoint(out, stage1["best_state"])
     flows, stages = [], {"summary": stage1}
     for k in range(config.n_flows):
-        flow, stages[_flow_stage(k)] = _train_flow(k, summarised, config, out, device, progress)
+        flow, stages[_flow_stage(k)] = train_flow(k, summarised, config, out, device, progress)
         flows.append(flow)
     network = PosteriorNetwork(summary, flows).cpu()
     manifest = bundle_manifest(ds, prior, config, stages, (data.n_train, data.n_validation))
@@ -132,7 +132,7 @@ def _flow_checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("flow*_checkpoint.pt"))
 
 
-def _train_flow(
+def train_flow(
     k: int,
     summarised: SummarisedData,
     config: TrainingConfig,
@@ -140,7 +140,9 @@ def _train_flow(
     device: str,
     progress: bool,
 ) -> tuple[torch.nn.Module, dict]:
-    """Flow ``k`` of the ensemble, trained on the summarised rows with seed ``seed + k``."""
+    """Flow ``k`` of an ensemble, trained on the summarised rows with seed ``seed + k``
+    (resumable from ``out/flow<k>_checkpoint.pt``); returns the flow and its training record.
+    """
     seed = config.seed + k
     u_stub, context_stub = summarised.block(0, min(summarised.n_train, 4096))
     torch.manual_seed(seed)
