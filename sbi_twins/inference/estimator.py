@@ -22,6 +22,8 @@ from ..physiology import ViabilityRules, check_viability
 from ..prior import Prior
 from ..protocol import Protocol
 from ..recording import simulate_recordings
+from ..recording.alignment import onto_protocol
+from ..recording.io import Recording
 from .bundle import read_bundle
 from .config import TrainingConfig
 from .networks import build_network
@@ -102,17 +104,53 @@ class Estimator:
         out = np.stack([np.interp(grid, given, row) for row in rows])
         return out if traces.ndim == 2 else out[0]
 
-    def fit(self, trace: np.ndarray, *, sample_interval_ms: float | None = None) -> CellPosterior:
-        """The posterior of one cell from its recorded trace (pA/pF), sampled on
-        ``protocol.times(sample_interval_ms)``.
+    def fit(
+        self,
+        recording: Recording | np.ndarray,
+        *,
+        sample_interval_ms: float | None = None,
+        cm_pF: float | None = None,
+        check_command: bool = True,
+    ) -> CellPosterior:
+        """The posterior of one cell from its recording.
+
+        Parameters
+        ----------
+        recording : Recording or numpy.ndarray
+            A voltage-clamp :class:`~sbi_twins.recording.Recording` made with :attr:`protocol`
+            (its command is checked against the protocol, its current converted to pA/pF and
+            put on the protocol's grid: :func:`sbi_twins.recording.onto_protocol`), or a trace
+            (T,) in pA/pF sampled on ``protocol.times(sample_interval_ms)``.
+        sample_interval_ms : float, optional
+            A trace's sample interval, if not :attr:`sample_interval_ms`.
+        cm_pF : float, optional
+            Membrane capacitance of a recording in pA (default: from its metadata).
+        check_command : bool
+            Refuse a recording whose command is not the protocol's.
+
+        Returns
+        -------
+        CellPosterior
+            Its ``preprocessing`` lists what was done to the recording.
         """
-        x = self.reduce(trace, sample_interval_ms)
+        notes: list[str] = []
+        if isinstance(recording, Recording):
+            if sample_interval_ms is not None:
+                raise ValueError("a Recording knows its sample interval; do not pass one")
+            recording, notes = onto_protocol(
+                recording,
+                self.protocol,
+                self.sample_interval_ms,
+                cm_pF=cm_pF,
+                check_command=check_command,
+            )
+        x = self.reduce(recording, sample_interval_ms)
         if x.ndim != 1:
             raise ValueError(
                 "fit takes one trace (T,); for several cells use summaries(traces) or "
                 "posteriors(reduce(traces))"
             )
-        return CellPosterior(self, x)
+        return CellPosterior(self, x, preprocessing=notes)
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Refuse a dataset made with another model file, prior, protocol, observation scheme or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,12 +36,17 @@ class CellPosterior:
         The recording reduced by the estimator's observation scheme, (L,).
     names : tuple of str
         The parameters the posterior is over (the prior's varying ones).
+    preprocessing : tuple of str
+        What was done to the recording before fitting (unit conversion, resampling...).
     """
 
-    def __init__(self, estimator: Estimator, observation: np.ndarray):
+    def __init__(
+        self, estimator: Estimator, observation: np.ndarray, preprocessing: Sequence[str] = ()
+    ):
         self.estimator = estimator
         self.observation = observation
         self.names = estimator.names
+        self.preprocessing = tuple(preprocessing)
 
     def __repr__(self) -> str:
         return f"CellPosterior({len(self.names)} parameters, from {self.estimator!r})"
