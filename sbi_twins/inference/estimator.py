@@ -26,6 +26,7 @@ from ..recording.alignment import onto_protocol
 from ..recording.io import Recording
 from .bundle import read_bundle
 from .config import TrainingConfig
+from .misspecification import Reference
 from .networks import build_network
 from .posterior import SUMMARY_COLUMNS, CellPosterior, summary_table
 from .torch_prior import StandardPrior
@@ -62,6 +63,7 @@ class Estimator:
         self._z_prior = StandardPrior(self.prior.log_normal)
         self._model_choice = model
         self._cell_model: CellModel | None = None
+        self._references: dict[tuple[int, int], Reference] = {}
 
     def __repr__(self) -> str:
         return (
@@ -316,6 +318,16 @@ class Estimator:
         return pd.DataFrame(
             stacked.reshape(-1, len(SUMMARY_COLUMNS)), index=index, columns=SUMMARY_COLUMNS
         )
+
+    def misspecification_reference(self, n_cells: int = 400, seed: int = 1_000_003) -> Reference:
+        """In-distribution summaries that calibrate :meth:`CellPosterior.misspecification`:
+        ``n_cells`` fresh cells made like the training cells (simulated on first use, about a
+        minute, then kept with the estimator).
+        """
+        key = (n_cells, seed)
+        if key not in self._references:
+            self._references[key] = Reference.from_estimator(self, n_cells, seed)
+        return self._references[key]
 
     @functools.cached_property
     def prior_variance(self) -> pd.Series:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .._util import atomic_write, check_integer
+from .misspecification import ALPHA, Misspecification, misspecification
+from .predictive import PredictiveCheck, predictive_check
 
 if TYPE_CHECKING:  # annotations only: the estimator makes its posteriors
     from .estimator import Estimator
@@ -79,6 +81,19 @@ class CellPosterior:
             sets = theta[inside][:, None, :]  # one cell: its summary is computed once
             out[inside] = self.estimator.log_prob(sets, self.observation[None])[:, 0]
         return out
+
+    def predictive(self, n: int = 200, seed: int = 0) -> PredictiveCheck:
+        """Posterior-predictive check: ``n`` draws re-simulated through the estimator's
+        recording model and observation scheme (:mod:`sbi_twins.inference.predictive`).
+        """
+        check_integer("n", n, minimum=2, what="draws")
+        return predictive_check(self, n, seed)
+
+    def misspecification(self, alpha: float = ALPHA) -> Misspecification:
+        """Is this recording unlike the estimator's training cells? A flag and a p-value,
+        uniform for in-distribution recordings (:mod:`sbi_twins.inference.misspecification`).
+        """
+        return misspecification(self.estimator, self.observation, alpha)
 
     def summary(self, n: int = 10_000, seed: int | None = None) -> pd.DataFrame:
         """Per parameter: posterior mean, sd, 94% HDI, and contraction ``1 - var_post /
