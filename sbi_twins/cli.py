@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import _resources
+from ._util import atomic_write_json, package_version
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -88,6 +90,7 @@ def _simulate(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask_address=args.dask,
         progress=not args.quiet,
+        max_draws=args.max_draws,
     )
     seconds = time.perf_counter() - start
     candidates = dataset.candidates
@@ -126,27 +129,117 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_trace(path: Path) -> np.ndarray:
-    """A recorded current trace (pA/pF) from .npy (1-D) or .csv (the last column)."""
-    if path.suffix == ".npy":
-        return np.load(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path).iloc[:, -1].to_numpy(dtype=float)
-    raise ValueError(f"{path}: expected a .npy or .csv trace (pA/pF on the protocol's grid)")
+def _read_npy_trace(path: Path) -> np.ndarray:
+    """A current trace (pA/pF) saved with numpy: (T,), or (1, T) / (T, 1)."""
+    try:
+        trace = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npy array ({e})") from None
+    if trace.ndim == 2 and 1 in trace.shape:
+        trace = trace.reshape(-1)
+    if trace.ndim != 1:
+        raise ValueError(f"{path} holds an array of shape {trace.shape}; fit takes one trace (T,)")
+    return trace
 
 
 def _fit(args: argparse.Namespace) -> int:
     """Fit one recording with an estimator; write samples, summary and InferenceData."""
     from .inference import load_estimator
+    from .recording import load_recording
 
     estimator = load_estimator(args.estimator)
-    trace = _read_trace(Path(args.recording))
+    path = Path(args.recording)
     start = time.perf_counter()
-    posterior = estimator.fit(trace, sample_interval_ms=args.sample_interval)
-    _, summary = posterior.save(args.out, args.samples, seed=args.seed)
+    if path.suffix == ".npy":
+        posterior = estimator.fit(_read_npy_trace(path), sample_interval_ms=args.sample_interval)
+    else:  # .abf, .csv, .csv.gz: units, command and sampling from the file
+        recording = load_recording(
+            path,
+            sweep=args.sweep,
+            signal_unit=args.unit,
+            cm_pF=args.cm,
+            sample_interval_ms=args.sample_interval,
+        )
+        posterior = estimator.fit(recording, check_command=not args.no_command_check)
+    samples, summary = posterior.save(args.out, args.samples, seed=args.seed)
+    _write_fit_record(Path(args.out), posterior, path, args.samples, args.seed)
     seconds = time.perf_counter() - start
+    for note in posterior.preprocessing:
+        print(f"- {note}")
     _print_summary(summary)
     print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {args.out}")
+    if args.report:
+        from .report import cell_report
+
+        report = cell_report(posterior, args.out, n=args.samples, seed=args.seed, title=path.name)
+        print(f"wrote {report}")
+    return 0
+
+
+#: Record of a fit in its output directory, with which `sbi-twins report cell` rebuilds it.
+FIT_RECORD = "fit.json"
+
+
+def _write_fit_record(out: Path, posterior, source: Path, samples: int, seed: int) -> None:
+    manifest = posterior.estimator.manifest
+    np.save(out / "observation.npy", posterior.observation)
+    atomic_write_json(
+        out / FIT_RECORD,
+        {
+            "estimator": str(posterior.estimator.path),
+            "model_sha256": manifest["model"]["file_sha256"],
+            "prior_sha256": manifest["prior"]["hash"],
+            "protocol_sha256": manifest["protocol"]["hash"],
+            "recording": str(source),
+            "preprocessing": list(posterior.preprocessing),
+            "samples": samples,
+            "seed": seed,
+            "sbi_twins": package_version(),
+        },
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML report of an estimator or of a fitted cell."""
+    from .inference import load_estimator
+    from .report import cell_report, estimator_report
+
+    if args.what == "estimator":
+        from .diagnostics import diagnose
+
+        estimator = load_estimator(args.target)
+        print(f"{estimator}: checking it on {args.cells} fresh cells (seed {args.seed})")
+        diagnostics = diagnose(estimator, args.cells, seed=args.seed, n_draws=args.draws)
+        print(f"wrote {estimator_report(estimator, diagnostics, args.out)}")
+        return 0
+    fit_dir = Path(args.target)
+    record_path = fit_dir / FIT_RECORD
+    if not record_path.is_file():
+        raise ValueError(f"{fit_dir} is not a fit directory (no {FIT_RECORD}); make one with `fit`")
+    try:
+        record = json.loads(record_path.read_text())
+        estimator = load_estimator(record["estimator"])
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{record_path} is damaged ({e}); rerun `sbi-twins fit`") from None
+    manifest = estimator.manifest
+    current = {
+        "model_sha256": manifest["model"]["file_sha256"],
+        "prior_sha256": manifest["prior"]["hash"],
+        "protocol_sha256": manifest["protocol"]["hash"],
+    }
+    if any(record.get(key) != value for key, value in current.items()):
+        raise ValueError(
+            f"{fit_dir} was fitted with another estimator than {estimator.path} is now (model, "
+            "prior or protocol differ); rerun `sbi-twins fit` with the current estimator"
+        )
+    from .inference import CellPosterior
+
+    observation = np.load(fit_dir / "observation.npy")
+    posterior = CellPosterior(estimator, observation, record["preprocessing"])
+    report = cell_report(
+        posterior, args.out, n=record["samples"], seed=record["seed"], title=record["recording"]
+    )
+    print(f"wrote {report}")
     return 0
 
 
@@ -226,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--chunk-size", type=int, default=256, help="draws per shard (default 256)")
     sim.add_argument("--sample-interval", type=float, default=0.1, help="ms (default 0.1)")
+    sim.add_argument(
+        "--max-draws",
+        type=int,
+        default=None,
+        help="most candidate draws for the -n cells (default 100 x n); after 2,000 draws (or 8 "
+        "chunks) a run whose acceptance would need more stops with the draws counted by outcome",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(run=_simulate)
 
@@ -269,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     fit = commands.add_parser("fit", help="posterior of one recorded cell")
-    fit.add_argument("recording", help=".npy or .csv current trace (pA/pF) on the protocol grid")
+    fit.add_argument(
+        "recording",
+        help=".abf or .csv/.csv.gz recording (units from the file), or a .npy trace in pA/pF "
+        "on the protocol's grid",
+    )
     fit.add_argument("--estimator", required=True, help="estimator directory or bundled name")
     fit.add_argument("--out", required=True, help="output directory")
     fit.add_argument("--samples", type=int, default=10_000, help="posterior draws")
@@ -278,9 +382,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample-interval",
         type=float,
         default=None,
-        help="ms between the trace's samples, if not the estimator's (resampled, with a warning)",
+        help="ms between the trace's samples, if not the estimator's or the file's",
     )
+    fit.add_argument("--sweep", type=int, default=0, help="sweep of an .abf file (default 0)")
+    fit.add_argument("--unit", default=None, help="the signal's unit, if the file's is wrong")
+    fit.add_argument("--cm", type=float, default=None, help="membrane capacitance (pF)")
+    fit.add_argument(
+        "--no-command-check",
+        action="store_true",
+        help="do not refuse a recording whose command differs from the estimator's protocol",
+    )
+    fit.add_argument("--report", action="store_true", help="also write report.html")
     fit.set_defaults(run=_fit)
+
+    report = commands.add_parser("report", help="self-contained HTML report")
+    report.add_argument("what", choices=("estimator", "cell"), help="what to report on")
+    report.add_argument("target", help="estimator (name or directory), or a fit directory")
+    report.add_argument("--out", required=True, help="output directory")
+    report.add_argument("--cells", type=int, default=500, help="estimator: fresh cells")
+    report.add_argument("--draws", type=int, default=1000, help="estimator: draws per cell")
+    report.add_argument("--seed", type=int, default=20_261_204, help="estimator: cells' seed")
+    report.set_defaults(run=_report)
 
     listing = commands.add_parser("list", help="list the bundled models and protocols")
     listing.set_defaults(run=_list)

@@ -1,5 +1,15 @@
-"""Layer 7, reports: figures drawn from the computing layers' results."""
+"""Layer 7, reports: figures and self-contained HTML pages drawn from the computing layers."""
 
-from .figures import plot_demo
+from .figures import plot_calibration, plot_correlations, plot_demo, plot_posterior, plot_predictive
+from .html import cell_report, estimator_report, strongest_pairs
 
-__all__ = ["plot_demo"]
+__all__ = [
+    "cell_report",
+    "estimator_report",
+    "plot_calibration",
+    "plot_correlations",
+    "plot_demo",
+    "plot_posterior",
+    "plot_predictive",
+    "strongest_pairs",
+]

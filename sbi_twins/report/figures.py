@@ -24,11 +24,7 @@ def plot_demo(
     ``simulated`` is :func:`sbi_twins.twins.simulate_twins` of the true cell (first row) and
     the twins, spontaneous activity sampled every 0.5 ms.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     times = estimator.protocol.times(estimator.sample_interval_ms) / 1000
     traces, voltages = simulated
     fig = plt.figure(figsize=(14, 11), constrained_layout=True)
@@ -50,20 +46,27 @@ def plot_demo(
     ax.set(xlabel="time (s)", ylabel="V (mV)", title="spontaneous activity: true cell and twins")
     ax.legend(loc="upper right")
 
-    ax = fig.add_subplot(grid[:, 1])
+    posterior_panel(fig.add_subplot(grid[:, 1]), estimator, samples, truth)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def posterior_panel(ax, estimator: Estimator, samples: pd.DataFrame, truth: pd.Series | None):
+    """Every parameter's posterior as a box within its prior range (and the truth, if known)."""
     names = list(estimator.names)
-    position = _prior_position(estimator, samples[names])
-    true_position = _prior_position(estimator, truth[names].to_frame().T)[0]
     rows = list(range(len(names)))
     ax.boxplot(
-        position,
+        _prior_position(estimator, samples[names]),
         orientation="horizontal",
         positions=rows,
         whis=(3, 97),
         showfliers=False,
         widths=0.6,
     )
-    ax.scatter(true_position, rows, color="C3", s=10, zorder=3, label="true value")
+    if truth is not None:
+        true_position = _prior_position(estimator, truth[names].to_frame().T)[0]
+        ax.scatter(true_position, rows, color="C3", s=10, zorder=3, label="true value")
+        ax.legend(loc="lower right", fontsize=7)
     ax.set_yticks(rows, names, fontsize=5)
     ax.invert_yaxis()
     ax.set(
@@ -71,9 +74,97 @@ def plot_demo(
         xlabel="position within the prior range (0: lower bound, 1: upper)",
         title="posterior (box 25-75%, whiskers 3-97%)",
     )
-    ax.legend(loc="lower right", fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def plot_posterior(estimator: Estimator, samples: pd.DataFrame, truth: pd.Series | None = None):
+    """Figure: every parameter's posterior within its prior range."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 10), constrained_layout=True)
+    posterior_panel(ax, estimator, samples, truth)
+    return fig
+
+
+def plot_correlations(samples: pd.DataFrame, names: list[str]):
+    """Figure: the posterior correlation matrix of the parameters (which trade off)."""
+    plt = _pyplot()
+    corr = samples[names].corr().to_numpy()
+    fig, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
+    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(names)), names, fontsize=5)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="posterior correlation")
+    ax.set_title("posterior correlations")
+    return fig
+
+
+def plot_predictive(check, protocol_name: str):
+    """Figure: the recording's observation windows against the posterior-predictive 90 % band."""
+    plt = _pyplot()
+    low, high = check.band(0.9)
+    t = check.times_ms / 1000
+    fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
+    ax.fill_between(t, low, high, step="mid", color="C1", alpha=0.5, lw=0, label="predictive 90%")
+    ax.plot(t, check.observed, lw=0.6, color="k", label="recording (window means)")
+    lo, hi = np.percentile(check.observed, [0.5, 99.5])
+    ax.set_ylim(lo - 5, hi + 5)
+    ax.set(
+        xlabel="time (s)",
+        ylabel="current (pA/pF)",
+        title=f"posterior-predictive check, {protocol_name}: {len(check.traces)} draws "
+        f"({check.failed} failed to simulate)",
+    )
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_calibration(diag):
+    """Figure: joint (HPD) and marginal calibration of an estimator (:func:`diagnose`)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    joint = diag.joint
+    levels = joint.index.to_numpy()
+    left.plot([0, 1], [0, 1], color="0.6", lw=1, label="calibrated")
+    left.fill_between(levels, joint["ci_low"], joint["ci_high"], color="C0", alpha=0.3, lw=0)
+    left.plot(levels, joint["coverage"], "o-", color="C0", label="joint HPD regions")
+    left.set(
+        xlabel="credibility level",
+        ylabel="share of cells whose truth is inside",
+        title=f"expected coverage, {diag.n_cells} cells (95% CI)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    left.legend(loc="upper left")
+    table = diag.table
+    rows = np.arange(len(table))
+    for level, colour in ((50, "C2"), (90, "C3")):
+        right.errorbar(
+            table[f"coverage{level}"],
+            rows,
+            xerr=[
+                table[f"coverage{level}"] - table[f"coverage{level}_low"],
+                table[f"coverage{level}_high"] - table[f"coverage{level}"],
+            ],
+            fmt="o",
+            ms=3,
+            color=colour,
+            label=f"{level}% central intervals",
+        )
+        right.axvline(level / 100, color=colour, lw=0.8, ls="--")
+    right.set_yticks(rows, table.index, fontsize=5)
+    right.invert_yaxis()
+    right.set(xlim=(0, 1), xlabel="coverage (marginal)", title="marginal coverage by parameter")
+    right.legend(loc="lower left", fontsize=7)
+    return fig
+
+
+def _pyplot():
+    """matplotlib.pyplot on a file backend (no screen needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _prior_position(estimator: Estimator, theta: pd.DataFrame) -> np.ndarray:
