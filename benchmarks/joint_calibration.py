@@ -77,6 +77,8 @@ def main(argv=None) -> None:
         "per_parameter": table.reset_index().to_dict(orient="records"),
         "joint": diag.joint.reset_index().to_dict(orient="records"),
         "joint_ks_p": diag.joint_p,
+        "tarp": diag.tarp.reset_index().to_dict(orient="records"),
+        "tarp_ks_p": diag.tarp_p,
         "gaussian_joint": gaussian.reset_index().to_dict(orient="records"),
         "gaussian_ks_p": uniformity_p_value(diag.gaussian_ranks),
         "density_gap_mean": float(np.mean(diag.density_gap)),
@@ -112,7 +114,9 @@ def _markdown(res: dict) -> str:
     lines += [
         "",
         f"KS p-value of the HPD ranks: flow {res['joint_ks_p']:.2g}, Gaussian "
-        f"{res['gaussian_ks_p']:.2g}. Mean log density of the draws minus the truth's: "
+        f"{res['gaussian_ks_p']:.2g}. TARP (no density needed): "
+        + ", ".join(f"{r['coverage']:.3f} at {r['level']:.2f}" for r in res["tarp"])
+        + f" (KS p {res['tarp_ks_p']:.2g}). Mean log density of the draws minus the truth's: "
         f"{res['density_gap_mean']:.2f} ± {res['density_gap_se']:.2f} nats (0 if exact).",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from sbi_twins.diagnostics import (
     gaussian_hpd_ranks,
     hpd_ranks,
     marginal_ranks,
+    tarp_ranks,
     uniformity_p_value,
 )
 
@@ -76,6 +77,15 @@ def test_an_over_confident_posterior_under_covers():
     assert coverage_table(ranks).loc[0.9, "coverage"] < 0.6
 
 
+def test_tarp_ranks_are_uniform_for_an_exact_posterior_and_not_for_a_narrow_one():
+    rng, truth, means, cov, n_draws = _problem()
+    references = rng.multivariate_normal(np.zeros(2), [[1.0, RHO], [RHO, 1.0]], len(truth))
+    exact, _ = _draws_and_densities(rng, means, cov, cov, n_draws)
+    assert uniformity_p_value(tarp_ranks(exact, truth, references, np.ones(2))) > 0.01
+    narrow, _ = _draws_and_densities(rng, means, 0.25 * cov, cov, n_draws)
+    assert uniformity_p_value(tarp_ranks(narrow, truth, references, np.ones(2))) < 1e-4
+
+
 def test_rank_inputs_are_checked():
     with pytest.raises(ValueError, match=r"expected draws \(S, N\) and truths \(N,\)"):
         hpd_ranks(np.zeros((10, 3)), np.zeros(4))
@@ -93,5 +103,6 @@ def test_diagnose_an_estimator_on_fresh_cells():
     assert set(table["identifiability"]) <= {"identified", "weakly", "not"}
     assert diag.hpd_ranks.shape == (12,) and ((0 <= diag.hpd_ranks) & (diag.hpd_ranks <= 1)).all()
     assert list(diag.joint.index)[-2:] == [0.9, 0.95]
+    assert list(diag.tarp.index) == list(diag.joint.index) and 0 <= diag.tarp_p <= 1
     again = diagnose(estimator, n_cells=12, seed=5, n_draws=200, batch_size=5)
     np.testing.assert_array_equal(again.hpd_ranks, diag.hpd_ranks)  # seeded

@@ -6,6 +6,7 @@ from .calibration import (
     gaussian_hpd_ranks,
     hpd_ranks,
     marginal_ranks,
+    tarp_ranks,
     uniformity_p_value,
 )
 from .estimator import Diagnostics, diagnose
@@ -18,5 +19,6 @@ __all__ = [
     "gaussian_hpd_ranks",
     "hpd_ranks",
     "marginal_ranks",
+    "tarp_ranks",
     "uniformity_p_value",
 ]

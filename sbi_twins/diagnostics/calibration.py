@@ -87,6 +87,38 @@ def gaussian_hpd_ranks(draws: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def tarp_ranks(
+    draws: np.ndarray, truth: np.ndarray, references: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """TARP ranks (Lemos et al. 2023, "Sampling-based accuracy testing of posterior estimators
+    for general inference", ICML): the share of each cell's draws closer to a random reference
+    point than its truth is, distances measured in units of ``scale`` per parameter.
+
+    The truth lies in the ball around the reference that holds a share ``level`` of the draws
+    exactly when its rank is below ``level``; for an exact posterior the ranks are uniform, for
+    any choice of references drawn independently of the truth.
+
+    Parameters
+    ----------
+    draws : numpy.ndarray
+        (S, N, D) posterior draws of N cells.
+    truth : numpy.ndarray
+        (N, D) true parameters.
+    references : numpy.ndarray
+        (N, D) one reference point per cell (e.g. a prior draw).
+    scale : numpy.ndarray
+        (D,) units of the distance (e.g. the prior's standard deviations).
+
+    Returns
+    -------
+    numpy.ndarray
+        (N,) in [0, 1].
+    """
+    to_draws = np.sqrt((((draws - references[None]) / scale) ** 2).sum(axis=-1))  # (S, N)
+    to_truth = np.sqrt((((truth - references) / scale) ** 2).sum(axis=-1))  # (N,)
+    return (to_draws < to_truth[None]).mean(axis=0)
+
+
 def marginal_ranks(draws: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Share of each cell's draws below its truth, per parameter (SBC ranks scaled to [0, 1]).
 

@@ -24,6 +24,7 @@ from .calibration import (
     gaussian_hpd_ranks,
     hpd_ranks,
     marginal_ranks,
+    tarp_ranks,
     uniformity_p_value,
 )
 
@@ -49,6 +50,11 @@ class Diagnostics:
         KS p-value of the HPD ranks against uniform.
     hpd_ranks : numpy.ndarray
         (N,) the HPD rank of each cell.
+    tarp : pandas.DataFrame
+        TARP expected coverage by level (random reference points from the prior; distances in
+        prior standard deviations), a test of the joint that needs no density.
+    tarp_p : float
+        KS p-value of the TARP ranks against uniform.
     gaussian_ranks : numpy.ndarray
         (N,) the HPD rank of each truth under a Gaussian with its posterior's mean and
         covariance: tells whether the defect of a miscalibrated joint lies in the first two
@@ -64,6 +70,8 @@ class Diagnostics:
     joint: pd.DataFrame
     joint_p: float
     hpd_ranks: np.ndarray
+    tarp: pd.DataFrame
+    tarp_p: float
     gaussian_ranks: np.ndarray
     density_gap: np.ndarray
     n_cells: int
@@ -142,11 +150,16 @@ def diagnose(
     draws = np.concatenate(draws, axis=1)  # (S, N, D)
     log_draws, log_truth = np.concatenate(log_draws, axis=1), np.concatenate(log_truth)
     ranks = hpd_ranks(log_draws, log_truth)
+    references = estimator.prior.sample(n_cells, seed=[seed, 2])[names].to_numpy()
+    scale = np.sqrt(estimator.prior_variance.to_numpy())
+    tarp = tarp_ranks(draws, truth, references, scale)
     return Diagnostics(
         table=_parameter_table(estimator, draws, truth),
         joint=coverage_table(ranks, levels),
         joint_p=uniformity_p_value(ranks),
         hpd_ranks=ranks,
+        tarp=coverage_table(tarp, levels),
+        tarp_p=uniformity_p_value(tarp),
         gaussian_ranks=gaussian_hpd_ranks(draws, truth),
         density_gap=log_draws.mean(axis=0) - log_truth,
         n_cells=n_cells,

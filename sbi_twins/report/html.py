@@ -121,7 +121,9 @@ def estimator_report(
         + ("every parameter." if not off else f"missed by {len(off)}: {', '.join(off)}."),
         f"Joint calibration: the 50 % and 90 % highest-density regions hold the truth for "
         f"{joint.loc[0.5, 'coverage']:.0%} and {joint.loc[0.9, 'coverage']:.0%} of the cells "
-        f"(KS p = {diagnostics.joint_p:.2g} against exact calibration).",
+        f"(KS p = {diagnostics.joint_p:.2g} against exact calibration). TARP, which needs no "
+        f"density: {diagnostics.tarp.loc[0.5, 'coverage']:.0%} and "
+        f"{diagnostics.tarp.loc[0.9, 'coverage']:.0%} (KS p = {diagnostics.tarp_p:.2g}).",
     ]
     counts = table["identifiability"].value_counts()
     findings.append(
@@ -131,7 +133,8 @@ def estimator_report(
     sections = [
         _section("Findings", _list(findings)),
         _section("Calibration", _figure(plot_calibration(diagnostics)))
-        + _table(joint, "Expected coverage of the joint highest-density regions"),
+        + _table(joint, "Expected coverage of the joint highest-density regions")
+        + _table(diagnostics.tarp, "TARP expected coverage (random references from the prior)"),
         _section("Per parameter", _table(table, "Diagnostics by parameter")),
         _section("What produced this report", _manifest(estimator)),
     ]
