@@ -108,3 +108,28 @@ def test_estimators_and_posteriors():
     assert list(summary.columns) == ["mean", "sd", "hdi_low", "hdi_high", "contraction"]
     idata = post.to_inference_data(200)
     assert "posterior" in idata.groups()
+
+
+def test_recordings_diagnostics_and_checks(tmp_path):
+    from conftest import DATA
+
+    est = st.load_estimator(DATA / "format2_bundle")
+    theta, traces = est.simulate_cells(2, seed=0)
+    times = est.protocol.times(est.sample_interval_ms)
+    path = tmp_path / "cell.csv"
+    table = {"time_ms": times, "command_mV": est.protocol.voltage(times), "I (pA/pF)": traces[0]}
+    pd.DataFrame(table).to_csv(path, index=False)
+    rec = st.load_recording(path)
+    assert isinstance(rec, st.Recording) and rec.signal_unit == "pA/pF"
+    assert rec.mode == "voltage_clamp" and rec.sample_interval_ms == pytest.approx(0.1)
+    assert rec.command_mV.shape == rec.signal.shape and isinstance(rec.metadata, dict)
+    post = est.fit(rec)
+    X2 = st.simulate_recordings(est.cell_model(), est.protocol, theta, seeds=range(2))
+    assert X2.shape == traces.shape
+    diag = st.diagnose(est, n_cells=10, seed=0, n_draws=100)
+    assert {"coverage50", "coverage90", "sbc_p", "contraction", "r2"} <= set(diag.table.columns)
+    ppc = post.predictive(n=20, seed=0)
+    assert ppc.traces.shape[1] == len(est.scheme) and len(ppc.band(0.9)) == 2
+    assert isinstance(ppc.residuals, pd.DataFrame)
+    mis = post.misspecification()
+    assert isinstance(mis.flag, bool) and 0 < mis.p_value <= 1
