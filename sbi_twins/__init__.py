@@ -11,9 +11,11 @@ lower ones. ``import sbi_twins`` does not import torch: the inference names load
 from . import _util
 from .data import Dataset, DatasetSpec, open_dataset, simulate_dataset
 from .engine import CellModel, SimulationWarning, load_model
+from .physiology import detect_eads
 from .prior import Prior, load_prior
 from .protocol import Protocol, Segment, load_protocol
-from .recording import simulate_recordings
+from .recording import Recording, load_recording, simulate_recordings
+from .twins import Drug, ScreenResult, cells_needed, load_drug, screen
 
 _INFERENCE = {"CellPosterior", "Estimator", "TrainingConfig", "load_estimator", "train_estimator"}
 _DIAGNOSTICS = {"Diagnostics", "diagnose"}
@@ -40,19 +42,27 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "Diagnostics",
+    "Drug",
     "Estimator",
     "Prior",
     "Protocol",
+    "Recording",
+    "ScreenResult",
     "Segment",
     "SimulationWarning",
     "TrainingConfig",
     "__version__",
+    "cells_needed",
+    "detect_eads",
     "diagnose",
+    "load_drug",
     "load_estimator",
     "load_model",
     "load_prior",
     "load_protocol",
+    "load_recording",
     "open_dataset",
+    "screen",
     "simulate_dataset",
     "simulate_recordings",
     "train_estimator",

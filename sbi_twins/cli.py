@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import _resources
-from ._util import atomic_write_json, package_version
+from ._util import atomic_write_json, atomic_write_text, package_version
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -267,6 +267,71 @@ def _print_summary(summary: pd.DataFrame) -> None:
     )
 
 
+def _qc(args: argparse.Namespace) -> int:
+    """Quality control of recordings: one line per file, the table of every rule to --out."""
+    from .physiology import QCRules, qc
+    from .protocol import load_protocol
+    from .recording import load_recording
+
+    protocol = None if args.protocol is None else load_protocol(args.protocol)
+    measured = {"cm_pF": args.cm, "rs_MOhm": args.rs, "r_seal_GOhm": args.seal}
+    tables, unreadable = [], 0
+    for path in args.recordings:
+        try:
+            recording = load_recording(
+                path, sweep=args.sweep, channel=args.channel, signal_unit=args.unit
+            )
+            table = qc(recording, QCRules(), protocol, measured=measured)
+        except (ValueError, OSError) as error:
+            print(f"{path}: error: {error}", file=sys.stderr)
+            unreadable += 1
+            continue
+        print(f"{path}: {table.attrs['summary']}")
+        tables.append(table.assign(recording=str(path)))
+    if args.out and tables:
+        table = pd.concat(tables, ignore_index=True)
+        table = table[["recording", *table.columns.drop("recording")]]
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out} ({len(tables)} recording(s), one row per rule)")
+    if unreadable:
+        print(f"{unreadable} of {len(args.recordings)} file(s) could not be read", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> int:
+    """Make protocol files: rebuild one from a recording's command, or export one."""
+    from .protocol import load_protocol
+    from .recording import load_recording
+    from .recording.protocol_io import (
+        protocol_from_recording,
+        protocol_to_toml,
+        write_atf,
+        write_command_csv,
+    )
+
+    if args.verb == "from-abf":
+        recording = load_recording(args.recording, sweep=args.sweep)
+        protocol = protocol_from_recording(recording, args.name, tolerance_mV=args.tolerance)
+        atomic_write_text(args.out, protocol_to_toml(protocol))
+        kinds = [segment.kind for segment in protocol.segments]
+        print(
+            f"wrote {args.out}: protocol {protocol.name!r}, {protocol.duration_ms:g} ms, "
+            f"{kinds.count('step')} steps and {kinds.count('ramp')} ramps (within "
+            f"{args.tolerance:g} mV of the recorded command)"
+        )
+        return 0
+    protocol = load_protocol(args.protocol)
+    write = write_atf if args.format == "atf" else write_command_csv
+    path = write(protocol, args.out, args.sample_interval)
+    samples = protocol.times(args.sample_interval).size
+    print(
+        f"wrote {path}: protocol {protocol.name!r}, {samples} samples every "
+        f"{args.sample_interval:g} ms"
+    )
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml"), ("priors", ".toml")):
         print(f"{kind}: {', '.join(_resources.available(kind, suffix))}")
@@ -403,6 +468,55 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--draws", type=int, default=1000, help="estimator: draws per cell")
     report.add_argument("--seed", type=int, default=20_261_204, help="estimator: cells' seed")
     report.set_defaults(run=_report)
+
+    quality = commands.add_parser(
+        "qc",
+        help="quality control of recordings: seal, Cm, Rs, holding current, noise, drift "
+        "(voltage clamp); beats, rhythm, alternans, MDP, peak (current clamp)",
+    )
+    quality.add_argument("recordings", nargs="+", metavar="FILE", help=".abf or .csv/.csv.gz files")
+    quality.add_argument("--out", default=None, help="write every rule of every file to this CSV")
+    quality.add_argument(
+        "--protocol", default=None, help="the voltage-clamp protocol (name or .toml), if known"
+    )
+    quality.add_argument("--cm", type=float, default=None, help="membrane capacitance (pF)")
+    quality.add_argument("--rs", type=float, default=None, help="series resistance (MOhm)")
+    quality.add_argument("--seal", type=float, default=None, help="seal resistance (GOhm)")
+    quality.add_argument("--sweep", type=int, default=0, help="sweep of .abf files (default 0)")
+    quality.add_argument(
+        "--channel", default=None, help="the channel or column to read, when several could be it"
+    )
+    quality.add_argument("--unit", default=None, help="the signal's unit, if the file's is wrong")
+    quality.set_defaults(run=_qc)
+
+    protocols = commands.add_parser(
+        "protocol", help="protocol files: rebuild one from a recording, export one for an amplifier"
+    )
+    verbs = protocols.add_subparsers(dest="verb", required=True)
+    rebuild = verbs.add_parser(
+        "from-abf",
+        help="rebuild the steps and ramps of a voltage-clamp recording's command as a .toml "
+        "protocol (ABF or CSV with a command column)",
+    )
+    rebuild.add_argument("recording", metavar="FILE", help=".abf or .csv/.csv.gz recording")
+    rebuild.add_argument("--name", required=True, help="name of the protocol")
+    rebuild.add_argument("--out", required=True, help="the .toml file to write")
+    rebuild.add_argument("--sweep", type=int, default=0, help="sweep of an .abf file (default 0)")
+    rebuild.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.1,
+        help="largest difference from the recorded command, mV (default 0.1)",
+    )
+    rebuild.set_defaults(run=_protocol)
+    export = verbs.add_parser(
+        "export", help="sample a protocol for an amplifier: ATF stimulus file or CSV"
+    )
+    export.add_argument("protocol", metavar="NAME_OR_TOML", help="bundled name or .toml file")
+    export.add_argument("--format", required=True, choices=("atf", "csv"), help="file format")
+    export.add_argument("--sample-interval", type=float, required=True, help="ms between samples")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.set_defaults(run=_protocol)
 
     listing = commands.add_parser("list", help="list the bundled models and protocols")
     listing.set_defaults(run=_list)

@@ -256,12 +256,13 @@ class Protocol:
         """
         si = check_positive("sample_interval_ms", sample_interval_ms)
         duration = self.duration_ms
-        if duration / si + 1 > MAX_SAMPLES:
+        samples = duration / si + 1
+        if samples > MAX_SAMPLES:
             raise ValueError(
                 f"protocol {self.name!r} lasts {duration:g} ms: sampled every {si:g} ms its trace "
-                f"would be {duration / si + 1:.4g} samples long ({format_bytes(8 * (duration / si))}"
-                f" per cell), more than the {MAX_SAMPLES:,} samples supported; shorten the "
-                "protocol (check its durations are in ms) or sample it more coarsely"
+                f"would be {samples:.4g} samples long ({format_bytes(8 * samples)} per cell), "
+                f"more than the {MAX_SAMPLES:,} samples supported; shorten the protocol (check "
+                "its durations are in ms) or sample it more coarsely"
             )
         n_intervals = whole_multiple(
             duration,

@@ -336,3 +336,143 @@ def test_ap_continues_from_its_final_state(kernik):
     np.testing.assert_array_equal(first, whole[:, :3001])
     joined = np.concatenate([first, second[:, 1:]], axis=1)
     assert np.abs(joined - whole).max() < 0.5
+
+
+# -- bad model files, bad parameters, failing protocols (issue 20) ------------------------------
+
+
+def test_a_binary_file_is_not_a_model(tmp_path):
+    path = tmp_path / "model.mmt"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    with pytest.raises(ValueError, match=r"model.mmt is not a text .mmt file \(byte \d+"):
+        load_model(path)
+
+
+def test_a_directory_is_not_a_model(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a .mmt model file"):
+        load_model(tmp_path)
+    folder = tmp_path / "cell.mmt"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="cell.mmt is a directory"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "line, replacement, named",
+    [
+        ("g = 0.05", "g = nan", "parameter value.*membrane.g = nan"),
+        ("g = 0.05", "g = 1e999", "parameter value.*membrane.g = inf"),
+        ("E = -10", "E = -1e999", "parameter value.*membrane.E = -inf"),
+        ("membrane.V = -80", "membrane.V = 1e999", "initial state value.*membrane.V = inf"),
+        ("gate.x = 0.5", "gate.x = nan", "initial state value.*gate.x = nan"),
+    ],
+)
+def test_non_finite_literals_in_the_model_file_are_refused(tmp_path, line, replacement, named):
+    text = (DATA / "passive_leak.mmt").read_text()
+    assert line in text
+    path = tmp_path / "leak.mmt"
+    path.write_text(text.replace(line, replacement, 1))
+    with pytest.raises(ValueError, match=rf"leak.mmt: non-finite {named}.*finite number"):
+        load_model(path)
+
+
+def test_negative_conductances_are_refused_unless_allowed(hh, kernik):
+    with pytest.raises(ValueError, match=r"'ina.g_Na' .* negative for 1 cell\(s\) \(index 1;"):
+        hh.parameter_matrix({"ina.g_Na": [120.0, -5.0, 100.0]})
+    with pytest.raises(ValueError, match="'ikr.scale_Kr'.*allow_negative=True"):
+        kernik.parameter_matrix({"ikr.scale_Kr": -1.0})
+    with pytest.raises(ValueError, match="'il.g_L'"):
+        hh.simulate_vc(HH_PROTO, {"il.g_L": [-0.3]})
+    allowed = hh.parameter_matrix({"ina.g_Na": [120.0, -5.0]}, allow_negative=True)
+    assert allowed[1, hh.parameter_names.index("ina.g_Na")] == -5.0
+    assert hh.simulate_vc(HH_PROTO, {"il.g_L": [-0.3]}, allow_negative=True).shape[0] == 1
+    # reversal potentials and other parameters may be negative
+    hh.parameter_matrix({"ina.E_Na": [-50.0], "ik.E_K": [-80.0]})
+
+
+def test_conductance_rule():
+    from sbi_twins.engine.model import is_conductance
+
+    for name in ("ina.g_Na", "membrane.g", "ical.p_CaL", "inak.P_NaK", "ikr.scale_Kr"):
+        assert is_conductance(name), name
+    for name in ("ina.E_Na", "membrane.gx", "ical.rel_p_Ca", "phys.T", "extra.Ko"):
+        assert not is_conductance(name), name
+
+
+def test_every_cell_failing_blames_the_protocol(kernik):
+    proto = Protocol("hot", -80.0, (Segment.step(50, -80), Segment.step(50, 200)))
+    with pytest.warns(SimulationWarning, match=r"Every cell failed.*'hot'.*\+200 mV, in segment 2"):
+        current = kernik.simulate_vc(proto, {"ina.g_Na": [9.0, 12.0]})
+    assert np.isnan(current).all()
+    with pytest.warns(SimulationWarning, match="Check those parameter sets") as record:
+        kernik.simulate_vc(KERNIK_PROTO, {"extra.Ko": [5.4, -1.0]})
+    assert "Every cell" not in str(record[0].message)
+
+
+def test_a_protocol_too_long_to_sample_is_refused_before_simulating(hh):
+    proto = Protocol("long", -75.0, (Segment.step(1e10, -75),))
+    with pytest.raises(ValueError, match=r"'long' lasts 1e\+10 ms.*1e\+11 samples long"):
+        hh.simulate_vc(proto)
+
+
+# -- a damaged kernel cache heals (issue 20: K01, K02) ------------------------------------------
+
+_HEAL_PROBE = """
+    import json, sys, warnings
+    from sbi_twins import Protocol, Segment, load_model
+    from sbi_twins.engine import kernel_cache
+    if {disable_healing}:
+        kernel_cache.purge = lambda name: 0  # healing deletes nothing: it cannot help
+    proto = Protocol("p", -75.0, (Segment.step(5, -75), Segment.ramp(5, -75, 20)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = load_model("hh1952")
+            current = model.simulate_vc(proto).tolist()
+            result = {{"current": current, "file": model.kernels.__file__}}
+        except OSError as error:
+            result = {{"error": f"{{type(error).__name__}}: {{error}}"}}
+    result["warnings"] = [
+        str(w.message) for w in caught if issubclass(w.category, kernel_cache.KernelCacheWarning)
+    ]
+    print(json.dumps(result))
+"""
+
+
+def _probe(env: dict[str, str], disable_healing: bool = False) -> dict:
+    return run_python(_HEAL_PROBE.format(disable_healing=disable_healing), env, timeout=600)
+
+
+def test_damaged_kernel_cache_heals_or_says_to_delete_it(tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, SBI_TWINS_CACHE=str(cache))
+    fresh = _probe(env)
+    assert fresh["warnings"] == []
+    kernel = Path(fresh["file"])
+    compiled = sorted((kernel.parent / "__pycache__").glob(f"{kernel.stem}.*.nb[ic]"))
+    assert compiled
+
+    # K01: a generated module truncated before simulate_vc (it imports, without that kernel)
+    text = kernel.read_text()
+    kernel.write_text(text[: text.rindex("\n@", 0, text.index("def simulate_vc(")) + 1])
+    healed = _probe(env)
+    assert healed["current"] == fresh["current"]
+    assert len(healed["warnings"]) == 1
+    assert f"kernel cache in {cache} was damaged" in healed["warnings"][0]
+    assert "truncated" in healed["warnings"][0]
+
+    # K02: Numba's machine-code files overwritten with random bytes
+    def scramble() -> None:
+        for path in (kernel.parent / "__pycache__").glob(f"{kernel.stem}.*.nb[ic]"):
+            path.write_bytes(os.urandom(path.stat().st_size))
+
+    scramble()
+    healed = _probe(env)
+    assert healed["current"] == fresh["current"]
+    assert len(healed["warnings"]) == 1 and "while Numba read the compiled" in healed["warnings"][0]
+
+    # healing that cannot help ends in one clear error
+    scramble()
+    failed = _probe(env, disable_healing=True)
+    assert failed["error"].startswith("KernelCacheError: the kernel cache")
+    assert str(cache) in failed["error"] and "delete that directory" in failed["error"]

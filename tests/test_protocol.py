@@ -201,7 +201,7 @@ def test_content_hash_stable_and_sensitive(tmp_path):
 
 
 def test_unknown_name_lists_bundled():
-    with pytest.raises(FileNotFoundError, match="unknown protocol 'nope'.*clark2022, kernik_steps"):
+    with pytest.raises(FileNotFoundError, match="unknown protocol 'nope'.*clark2022.*kernik_steps"):
         load_protocol("nope")
 
 
@@ -316,3 +316,53 @@ def test_missing_holding_and_unknown_top_key(tmp_path):
         load_protocol(write(tmp_path, SEG_STEP, "a.toml"))
     with pytest.raises(ValueError, match=r"unknown top-level key\(s\) holding_mv.*'holding_mV'"):
         load_protocol(write(tmp_path, "holding_mv = -80\n" + SEG_STEP, "b.toml"))
+
+
+# --- physiological range and size limits (issue 20: P12, P13, P26) -------------------------
+
+
+@pytest.mark.parametrize(
+    "segments, holding, where, voltage",
+    [
+        ((Segment.step(10, -80), Segment.step(10, 1e6)), -80, r"segment 2 \(step\)", r"\+1e\+06"),
+        ((Segment.ramp(10, -80, 300),), -80, r"segment 1 \(ramp\)", r"\+300"),
+        ((Segment.sine(10, 0, 260, 5),), -80, r"segment 1 \(sine\)", r"-260"),
+        ((Segment.step(10, -80),), -251, "holding_mV", "-251"),
+    ],
+)
+def test_commands_beyond_250_mV_are_refused_naming_the_segment(segments, holding, where, voltage):
+    with pytest.raises(ValueError, match=rf"{where} of protocol 'p' commands {voltage} mV.*250"):
+        Protocol("p", holding, segments)
+
+
+def test_commands_up_to_250_mV_are_allowed_and_the_extreme_is_found():
+    proto = Protocol("p", -80, (Segment.step(10, -80), Segment.sine(10, 0, 250, 5)))
+    assert proto.most_extreme_command() == (-250.0, 2)
+    assert Protocol("p", -80, (Segment.step(10, 40),)).most_extreme_command() == (-80.0, 0)
+
+
+def test_toml_command_out_of_range_names_file_and_segment(tmp_path):
+    step = SEG_STEP.replace("v_mV = -80", "v_mV = 1000000")
+    path = write(tmp_path, GOOD_HEADER + SEG_STEP + step)
+    with pytest.raises(ValueError, match=rf"{path}: segment 2 \(step\) .* \+1e\+06 mV"):
+        load_protocol(path)
+
+
+def test_a_grid_too_long_is_refused_before_allocating():
+    proto = Protocol("long", -80, (Segment.step(1e10, -80),))
+    with pytest.raises(ValueError, match=r"would be 1e\+11 samples long \(800 GB per cell\)"):
+        proto.times(0.1)
+    assert proto.times(1e4).size == 1_000_001  # the same protocol sampled coarsely is fine
+
+
+def test_a_directory_or_binary_file_is_not_a_protocol(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a .toml protocol file"):
+        load_protocol(tmp_path)
+    folder = tmp_path / "p.toml"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="p.toml is a directory"):
+        load_protocol(folder)
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="b.toml: not a text .toml protocol file"):
+        load_protocol(binary)

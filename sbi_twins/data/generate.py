@@ -1,9 +1,21 @@
-"""Generating datasets: chunks drawn and simulated by workers, written as shards, resumable."""
+"""Generating datasets: chunks drawn and simulated by workers, written as shards, resumable.
+
+**Termination.** A run whose draws are (almost) never accepted would otherwise draw forever. Once
+the finished chunks hold :func:`judging_draws` candidates (at least :data:`MIN_JUDGED_DRAWS` and
+:data:`MIN_JUDGED_CHUNKS` chunks), the run stops with :class:`LowAcceptanceError` if none was
+accepted, or if at the acceptance so far the ``n`` cells would need more than ``max_draws``
+draws (default :data:`MAX_DRAWS_PER_CELL` per cell, i.e. an acceptance of at least 1 %). It
+checks again after every chunk, so a run that goes on draws about ``n / acceptance`` candidates,
+at most ``max_draws`` give or take the spread of the acceptance. The error counts the draws by
+outcome. The shards written stay (they are valid; a rerun with other settings
+is refused anyway).
+"""
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,18 +23,38 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_json, check_integer
+from .._util import atomic_write_json, check_integer, file_sha256
 from .dataset import (
+    DONE,
     MANIFEST,
     Dataset,
     DatasetMismatchError,
     accepted_prefix,
+    chunk_directory,
     finished_chunks,
     manifest_differences,
     read_manifest,
 )
 from .executors import Executor
-from .spec import DatasetSpec, setup, simulate_chunk
+from .spec import STATUS, DatasetSpec, setup, simulate_chunk
+
+#: Candidate draws a run makes before it may give up for low acceptance...
+MIN_JUDGED_DRAWS = 2000
+#: ...and whole chunks (whichever is more draws).
+MIN_JUDGED_CHUNKS = 8
+#: Default ``max_draws`` per cell asked for: acceptance below 1 % stops a run.
+MAX_DRAWS_PER_CELL = 100
+
+_log = logging.getLogger(__name__)
+
+
+class LowAcceptanceError(ValueError):
+    """So few candidate draws are accepted that the dataset cannot be finished."""
+
+
+def judging_draws(chunk_size: int) -> int:
+    """Candidate draws after which a run may judge its acceptance (see the module docstring)."""
+    return max(MIN_JUDGED_DRAWS, MIN_JUDGED_CHUNKS * chunk_size)
 
 
 def simulate_dataset(
@@ -33,6 +65,7 @@ def simulate_dataset(
     workers: int | None = None,
     dask_address: str | None = None,
     progress: bool = True,
+    max_draws: int | None = None,
 ) -> Dataset:
     """Generate (or resume, or extend) a dataset of ``n`` accepted cells in ``out``.
 
@@ -54,49 +87,139 @@ def simulate_dataset(
         see ``out`` on a shared file system.
     progress : bool
         Show a progress bar (accepted cells, acceptance rate, ETA).
+    max_draws : int, optional
+        Most candidate draws the ``n`` cells may take (default ``100 * n``). After
+        :func:`judging_draws` draws (2,000 or 8 chunks, whichever is more) the run stops with
+        :class:`LowAcceptanceError` if the acceptance so far is zero or would need more draws
+        than this; see the module docstring.
 
     Returns
     -------
     Dataset
         The finished dataset.
+
+    Raises
+    ------
+    LowAcceptanceError
+        Too few draws are accepted (the message counts them by outcome and says what to check).
+    ValueError
+        Invalid settings, a chunk size too large for the memory, or a directory that holds
+        something else (or a dataset made with other settings: :class:`DatasetMismatchError`).
+    OSError
+        Not enough disk space (before starting, or while writing).
     """
     check_integer("n", n, minimum=1, what="the number of cells")
+    max_draws = MAX_DRAWS_PER_CELL * n if max_draws is None else max_draws
+    check_integer("max_draws", max_draws, minimum=1, what="candidate draws")
     workers = (os.cpu_count() or 1) if workers is None else workers
     check_integer("workers", workers, minimum=1)
     spec = spec or DatasetSpec()
     directory = Path(out)
-    manifest = setup(spec).manifest()  # loads (and so checks) model, prior and protocol
+    # loading checks model, prior, protocol and that a chunk fits in memory
+    manifest = setup(spec).manifest()
     _prepare(directory, manifest)
     _check_free_space(directory, n, manifest)
-    done = finished_chunks(directory)
+    done = finished_chunks(directory, spec.chunk_size)
+    guard = _AcceptanceGuard(directory, spec, n, max_draws)
     bar = _progress_bar(n, progress)
     bar.update(min(n, accepted_prefix(done)))
     executor = Executor(workers, dask_address)
-    pending: dict[Any, int] = {}
-    next_chunk = 0
     try:
-        while accepted_prefix(done) < n:
-            rate = _acceptance(done, spec)
-            projected = sum(c["accepted"] for c in done.values())
-            projected += rate * spec.chunk_size * len(pending)
-            while len(pending) < 2 * executor.slots and (projected < n or not pending):
-                while next_chunk in done:
-                    next_chunk += 1
-                pending[executor.submit(_run_chunk, spec, next_chunk, str(directory))] = next_chunk
-                next_chunk += 1
-                projected += rate * spec.chunk_size
-            finished, _ = executor.wait_any(set(pending))
-            for future in finished:
-                counts = future.result()
-                done[pending.pop(future)] = counts
-                before = bar.n
-                bar.update(max(0, min(n, accepted_prefix(done)) - before))
-                bar.set_postfix(acceptance=f"{_acceptance(done, spec):.0%}", refresh=False)
+        _run(directory, spec, n, done, executor, guard, bar)
+    except BaseException:
+        executor.close(abort=True)  # stop the workers now: Ctrl-C, an error, a hopeless run
+        raise
+    else:
+        executor.close()
     finally:
         bar.close()
-        executor.close()
     atomic_write_json(directory / "size.json", {"n": n})
     return Dataset(directory)
+
+
+def _run(
+    directory: Path,
+    spec: DatasetSpec,
+    n: int,
+    done: dict[int, dict[str, Any]],
+    executor: Executor,
+    guard: _AcceptanceGuard,
+    bar: Any,
+) -> None:
+    """Submit chunks and collect their counts into ``done`` until ``n`` cells are accepted."""
+    pending: dict[Any, int] = {}
+    next_chunk = 0
+    while accepted_prefix(done) < n:
+        guard.check(done)
+        rate = _acceptance(done, spec)
+        projected = sum(c["accepted"] for c in done.values())
+        projected += rate * spec.chunk_size * len(pending)
+        while len(pending) < 2 * executor.slots and (projected < n or not pending):
+            while next_chunk in done:
+                next_chunk += 1
+            pending[executor.submit(_run_chunk, spec, next_chunk, str(directory))] = next_chunk
+            next_chunk += 1
+            projected += rate * spec.chunk_size
+        finished, _ = executor.wait_any(set(pending))
+        for future in finished:
+            counts = future.result()
+            done[pending.pop(future)] = counts
+            before = bar.n
+            bar.update(max(0, min(n, accepted_prefix(done)) - before))
+            bar.set_postfix(acceptance=f"{_acceptance(done, spec):.0%}", refresh=False)
+
+
+class _AcceptanceGuard:
+    """Stops a run that cannot finish within ``max_draws`` (see the module docstring)."""
+
+    def __init__(self, directory: Path, spec: DatasetSpec, n: int, max_draws: int):
+        self.directory, self.spec, self.n, self.max_draws = directory, spec, n, max_draws
+        self.judge_after = judging_draws(spec.chunk_size)
+
+    def check(self, done: dict[int, dict[str, Any]]) -> None:
+        """Raise LowAcceptanceError if the finished chunks show the run cannot finish."""
+        drawn = sum(c["candidates"] for c in done.values())
+        accepted = sum(c["accepted"] for c in done.values())
+        if drawn < self.judge_after:
+            return
+        if accepted == 0:
+            raise self._error(done, "none passed, so at this rate the dataset is never finished")
+        needed = self.n * drawn / accepted
+        if needed > self.max_draws:
+            raise self._error(
+                done,
+                f"at this rate {self.n:,} cells need about {needed:,.0f} draws, more than "
+                f"max_draws ({self.max_draws:,})",
+            )
+
+    def _error(self, done: dict[int, dict[str, Any]], verdict: str) -> LowAcceptanceError:
+        drawn = sum(c["candidates"] for c in done.values())
+        accepted = sum(c["accepted"] for c in done.values())
+        outcomes = _outcome_counts(self.directory, done)
+        rejected = ", ".join(
+            f"{count} {name}" for name, count in outcomes.items() if count and name != "accepted"
+        )
+        spec = self.spec
+        viability = "(off)" if spec.viability is None else "(--no-viability keeps every cell)"
+        return LowAcceptanceError(
+            f"{accepted} of {drawn} draws accepted ({accepted / drawn:.2%}): {rejected}; "
+            f"{verdict}. Check the prior ({spec.prior}: do its ranges give cells that pass?), "
+            f"the protocol ({spec.protocol}: simulation_failed cells point to its voltages or "
+            f"the model file) and the viability rules {viability}; or raise the limit "
+            f"(--max-draws). The {len(done)} chunks written so far stay in {self.directory}"
+        )
+
+
+def _outcome_counts(directory: Path, done: dict[int, dict[str, Any]]) -> dict[str, int]:
+    """Draws by outcome (:data:`STATUS`) over the finished chunks, from their status files."""
+    counts = np.zeros(len(STATUS), dtype=np.int64)
+    for k in done:
+        try:
+            status = np.load(chunk_directory(directory, k) / "status.npy")
+            counts += np.bincount(status, minlength=len(STATUS))[: len(STATUS)]
+        except (OSError, ValueError, EOFError):
+            pass  # a damaged shard is reported when the dataset is read; here it is a count
+    return dict(zip(STATUS, counts.tolist(), strict=True))
 
 
 def _prepare(directory: Path, manifest: dict[str, Any]) -> None:
@@ -119,8 +242,18 @@ def _prepare(directory: Path, manifest: dict[str, Any]) -> None:
             )
         (directory / "chunks").mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, manifest)
-    for leftover in (directory / "chunks").glob("*.tmp-*"):  # shards a killed run left half done
-        shutil.rmtree(leftover, ignore_errors=True)
+    (directory / "chunks").mkdir(exist_ok=True)
+    for leftover in (directory / "chunks").iterdir():
+        if ".tmp-" in leftover.name:  # a shard a killed run left half done
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.name.isdigit() and not (leftover / DONE).exists():
+            # Shards are renamed into place with their done.json, so this one was not written
+            # by a finished worker (a copy or a file system that does not rename atomically).
+            _log.warning("%s has no %s: deleting it, its chunk is done again", leftover, DONE)
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
 
 
 def _check_free_space(directory: Path, n: int, manifest: dict[str, Any]) -> None:
@@ -138,12 +271,12 @@ def _check_free_space(directory: Path, n: int, manifest: dict[str, Any]) -> None
         )
 
 
-def _run_chunk(spec: DatasetSpec, k: int, directory: str) -> dict[str, int]:
-    """Simulate chunk ``k`` and write its shard atomically; return its counts."""
+def _run_chunk(spec: DatasetSpec, k: int, directory: str) -> dict[str, Any]:
+    """Simulate chunk ``k`` and write its shard atomically; return its ``done.json`` record."""
     chunk = simulate_chunk(spec, k)
-    final = Path(directory) / "chunks" / f"{k:06d}"
+    final = chunk_directory(Path(directory), k)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    counts = {
+    counts: dict[str, Any] = {
         "chunk": k,
         "candidates": int(chunk["status"].size),
         "accepted": int((chunk["status"] == 0).sum()),
@@ -151,17 +284,16 @@ def _run_chunk(spec: DatasetSpec, k: int, directory: str) -> dict[str, int]:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        files = []
         for name in ("theta", "seeds", "status", "observations"):
             np.save(tmp / f"{name}.npy", chunk[name])
+            files.append(f"{name}.npy")
         if chunk["viability"] is not None:
             chunk["viability"].to_csv(tmp / "viability.csv", index=False)
-        (tmp / "done.json").write_text(json.dumps(counts))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "done.json").exists():
-                raise
-            shutil.rmtree(tmp)  # another worker finished the same chunk: identical by design
+            files.append("viability.csv")
+        counts["sha256"] = {name: file_sha256(tmp / name) for name in files}
+        (tmp / DONE).write_text(json.dumps(counts))
+        _move_into_place(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno == errno.ENOSPC:
@@ -174,7 +306,28 @@ def _run_chunk(spec: DatasetSpec, k: int, directory: str) -> dict[str, int]:
     return counts
 
 
-def _acceptance(done: dict[int, dict[str, int]], spec: DatasetSpec) -> float:
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename a written shard to its chunk directory (an atomic step on POSIX file systems)."""
+    try:
+        os.replace(tmp, final)
+        return
+    except OSError:
+        if (final / DONE).exists():
+            shutil.rmtree(tmp)  # another worker finished the same chunk: identical by design
+            return
+    # `final` exists without done.json, so no finished worker wrote it: replace it.
+    shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"cannot move the shard into {final}: it exists and is not a finished chunk "
+            f"({e.strerror}); delete it and rerun the same command",
+        ) from None
+
+
+def _acceptance(done: dict[int, dict[str, Any]], spec: DatasetSpec) -> float:
     candidates = sum(c["candidates"] for c in done.values())
     if candidates == 0:
         return 0.35 if spec.viability is not None else 1.0  # measured rates, before any data

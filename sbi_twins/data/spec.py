@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._util import check_integer, check_positive, package_version
+from .._util import (
+    check_integer,
+    check_positive,
+    format_bytes,
+    package_version,
+    physical_memory_bytes,
+)
 from ..engine import CODEGEN_VERSION, CellModel, SimulationWarning, load_model
 from ..physiology import REASONS, ViabilityRules, check_viability
 from ..prior import Prior, load_prior
@@ -28,6 +34,10 @@ from .windows import STORAGE_DTYPE, ObservationScheme
 STATUS = ("accepted", *REASONS[1:])
 #: Version of the dataset layout; a directory of another format is refused.
 DATASET_FORMAT = 1
+#: Working memory of one cell of a chunk per sample of its simulated record, in bytes: a chunk is
+#: simulated as one batch, holding the current and the membrane potential (float64) and a
+#: filtered copy; measured at 16-22 bytes per sample on clark2022 (``simulate_recordings``).
+BYTES_PER_CELL_SAMPLE = 24
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class SpecSetup:
             )
         self.protocol: Protocol = load_protocol(spec.protocol)
         self.scheme = ObservationScheme.for_protocol(self.protocol, spec.sample_interval_ms)
+        check_chunk_memory(spec, self.scheme.n_samples)
 
     def manifest(self) -> dict[str, Any]:
         """What makes the dataset: the manifest of its directory."""
@@ -110,6 +121,44 @@ class SpecSetup:
             "storage_dtype": np.dtype(STORAGE_DTYPE).name,
             "versions": {"sbi_twins": package_version(), "codegen": CODEGEN_VERSION},
         }
+
+
+def chunk_memory_bytes(spec: DatasetSpec, n_samples: int) -> int:
+    """Working memory (bytes) of simulating one chunk: its cells' records at full rate."""
+    return spec.chunk_size * n_samples * BYTES_PER_CELL_SAMPLE
+
+
+def check_chunk_memory(spec: DatasetSpec, n_samples: int) -> None:
+    """Refuse a chunk size whose one chunk cannot fit in this machine's memory.
+
+    Checked when a process loads a spec (:func:`setup`), before anything is drawn. The estimate
+    assumes every candidate is simulated (as with the viability filter off), so it is an upper
+    bound; only chunks beyond the physical memory are refused.
+
+    Parameters
+    ----------
+    spec : DatasetSpec
+        The dataset's settings (chunk size).
+    n_samples : int
+        Samples of one cell's simulated record (the protocol at ``spec.sample_interval_ms``).
+
+    Raises
+    ------
+    ValueError
+        The estimate (:data:`BYTES_PER_CELL_SAMPLE` per cell and sample) exceeds the physical
+        memory; the message gives the largest chunk size that fits.
+    """
+    total = physical_memory_bytes()
+    need = chunk_memory_bytes(spec, n_samples)
+    if total is None or need <= total:
+        return
+    fits = total // (n_samples * BYTES_PER_CELL_SAMPLE)
+    raise ValueError(
+        f"chunk_size {spec.chunk_size} is too large: a chunk is simulated as one batch, "
+        f"{n_samples:,} samples per cell, about {format_bytes(need)}, but this machine has "
+        f"{format_bytes(total)} of memory. Use a chunk size of at most {max(fits, 1):,} "
+        "(the default, 256, is plenty: a chunk is only the unit of work and of resumption)"
+    )
 
 
 _SETUPS: dict[DatasetSpec, SpecSetup] = {}

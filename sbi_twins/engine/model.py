@@ -17,17 +17,37 @@ import numpy as np
 import pandas as pd
 
 from .. import _resources
-from .._util import RECORDING_PREFIX, check_number, check_positive, whole_multiple
+from .._util import (
+    RECORDING_PREFIX,
+    check_number,
+    check_positive,
+    refuse_directory,
+    whole_multiple,
+)
 from ..protocol import Protocol, load_protocol
 from .analysis import ModelAnalysis, ModelStructureError
 from .codegen import CODEGEN_VERSION, kernel_module
-from .kernel_cache import load_module
+from .kernel_cache import damaged_cache_error, is_cache_failure, load_module, reload_module
 
 ParamsLike = None | pd.DataFrame | Mapping[str, Any]
 
 _SEGMENT_KIND = {"step": 0, "ramp": 1, "sine": 2}
 #: Time resolution (ms) at which protocol durations must be exact.
 _TIME_QUANTUM_MS = 1e-6
+#: Name prefixes (after the component) of parameters that cannot be negative: maximal
+#: conductances, permeabilities and current scale factors (see :func:`is_conductance`).
+CONDUCTANCE_PREFIXES = ("g_", "p_", "P_", "scale_")
+
+
+def is_conductance(name: str) -> bool:
+    """Whether parameter ``name`` (``component.variable``) is a conductance-like magnitude.
+
+    The rule: the variable's name is ``g`` or starts with one of :data:`CONDUCTANCE_PREFIXES`
+    (``ina.g_Na``, ``il.g_L``, ``ical.p_CaL``, ``inak.P_NaK``, ``ikr.scale_Kr``). Such a value
+    scales a current's magnitude; a negative one reverses that current at every voltage.
+    """
+    variable = name.rsplit(".", 1)[-1]
+    return variable == "g" or variable.startswith(CONDUCTANCE_PREFIXES)
 
 
 class SimulationWarning(RuntimeWarning):
@@ -55,6 +75,8 @@ class CellModel:
         self.state_names: tuple[str, ...] = tuple(s.qname() for s in a.states)
         self.initial_state: np.ndarray = np.array(model.initial_values(as_floats=True), float)
         self.initial_state.flags.writeable = False
+        _refuse_non_finite("parameter", self.parameter_names, self.default_parameters)
+        _refuse_non_finite("initial state", self.state_names, self.initial_state)
         self._index = {n: i for i, n in enumerate(self.parameter_names)}
         explicit = a.explicit_rhs(True)
         # Error scales for the adaptive current-clamp step: the magnitude of each state at start.
@@ -74,14 +96,37 @@ class CellModel:
     def kernels(self) -> ModuleType:
         """The generated kernel module (generated, cached on disk and imported on first use)."""
         if self._kernels is None:
-            self._kernels = load_module(
-                f"# model sha256 {self.file_hash}, codegen v{CODEGEN_VERSION}\n"
-                + kernel_module(self._analysis)
-            )
+            self._kernels = load_module(self._kernel_source())
         return self._kernels
 
+    def _kernel_source(self) -> str:
+        return (
+            f"# model sha256 {self.file_hash}, codegen v{CODEGEN_VERSION}\n"
+            + kernel_module(self._analysis)
+        )
+
+    def _run_kernel(self, name: str, *args: Any) -> None:
+        """Call kernel ``name``; if Numba cannot read its cached machine code, heal the cache
+        (delete this model's cached files, compile again, warn) and call it once more.
+        """
+        try:
+            getattr(self.kernels, name)(*args)
+        except Exception as error:
+            if not is_cache_failure(error):
+                raise
+            reason = f"{type(error).__name__} while Numba read the compiled {name}"
+            self._kernels = reload_module(self._kernel_source(), reason)
+            try:
+                getattr(self._kernels, name)(*args)
+            except Exception as again:
+                if is_cache_failure(again):
+                    raise damaged_cache_error(again) from None
+                raise
+
     # -- inputs --------------------------------------------------------------------------------
-    def parameter_matrix(self, params: ParamsLike = None) -> np.ndarray:
+    def parameter_matrix(
+        self, params: ParamsLike = None, *, allow_negative: bool = False
+    ) -> np.ndarray:
         """Turn ``params`` into a C-contiguous ``(N, P)`` array in :attr:`parameter_names` order.
 
         Parameters
@@ -90,12 +135,19 @@ class CellModel:
             ``None`` gives the defaults for one cell. Names not given keep their defaults;
             scalars are broadcast over the cells. Names that start with ``recording.`` belong
             to the recording model (:mod:`sbi_twins.recording`) and are ignored here.
+        allow_negative : bool, default False
+            Accept negative values of conductance-like parameters. By default they are refused:
+            a parameter whose variable name is ``g`` or starts with ``g_`` (maximal
+            conductance), ``p_``/``P_`` (permeability, maximal pump rate) or ``scale_`` (a
+            current's scale factor) sizes a current, and a negative size reverses it, which is
+            almost always a sign error (:func:`is_conductance`). Pass True to study such cells
+            anyway (e.g. a dynamic-clamp subtraction).
 
         Raises
         ------
         ValueError
-            Unknown names (the valid ones are listed), inconsistent lengths, or values that are
-            not finite numbers.
+            Unknown names (the valid ones are listed), inconsistent lengths, values that are
+            not finite numbers, or negative conductances (the parameter and cells are named).
         """
         if params is None:
             return self.default_parameters[None, :].copy()  # writable: a read-only array is
@@ -140,6 +192,8 @@ class CellModel:
             if bad.any():
                 cells = np.flatnonzero(np.broadcast_to(bad, (n,)))[:10].tolist()
                 raise ValueError(f"parameter '{name}' has non-finite values (cells {cells})")
+            if not allow_negative and is_conductance(name):
+                _refuse_negative(name, np.broadcast_to(arr, (n,)))
             matrix[:, self._index[name]] = arr
         return np.ascontiguousarray(matrix)
 
@@ -178,6 +232,7 @@ class CellModel:
         *,
         dt_ms: float = 0.2,
         initial_state: np.ndarray | None = None,
+        allow_negative: bool = False,
     ) -> np.ndarray:
         """Simulate an ideal voltage clamp and return the total ionic current.
 
@@ -196,26 +251,30 @@ class CellModel:
             at the samples; ramps and sines use single-interval steps.
         initial_state : array, optional
             Initial state, shape (S,) or (N, S), in :attr:`state_names` order.
+        allow_negative : bool, default False
+            Accept negative conductances (see :meth:`parameter_matrix`).
 
         Returns
         -------
         numpy.ndarray
             Shape (N, T): the current labelled ``cellular_current`` (pA/pF for Kernik 2019) at each
             sample time; samples on a step edge are taken at the new voltage. Rows of cells whose
-            integration blew up are NaN (a :class:`SimulationWarning` names them).
+            integration blew up are NaN (a :class:`SimulationWarning` names them; when every
+            cell failed it names the protocol's most extreme command as the likely cause).
         """
         if not isinstance(protocol, Protocol):
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
         check_positive("dt_ms", dt_ms)
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms / 2)
-        theta = self.parameter_matrix(params)
+        theta = self.parameter_matrix(params, allow_negative=allow_negative)
         y0 = self._initial_states(initial_state, theta.shape[0])
         n_cells = theta.shape[0]
         n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
         out = np.empty((n_padded, times.size))
         ok = np.empty(n_padded, dtype=np.bool_)
-        self.kernels.simulate_vc(
+        self._run_kernel(
+            "simulate_vc",
             theta,
             y0,
             *_segment_arrays(protocol, nsteps, with_start_times=True),
@@ -226,7 +285,7 @@ class CellModel:
             out,
             ok,
         )
-        return _flag_failures(out[:n_cells], ok[:n_cells])
+        return _flag_failures(out[:n_cells], ok[:n_cells], _protocol_blame(protocol))
 
     def simulate_vc_artefacts(
         self,
@@ -238,6 +297,7 @@ class CellModel:
         dt_ms: float = 0.05,
         dense_ms: float = 5.0,
         initial_state: np.ndarray | None = None,
+        allow_negative: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Simulate voltage clamp through series resistance, with leak and voltage offset.
 
@@ -265,6 +325,8 @@ class CellModel:
         initial_state : array, optional
             Initial state, shape (S,) or (N, S); V starts at the quasi-steady voltage of the
             holding command plus offset.
+        allow_negative : bool, default False
+            Accept negative conductances (see :meth:`parameter_matrix`).
 
         Returns
         -------
@@ -277,7 +339,7 @@ class CellModel:
         check_positive("dt_ms", dt_ms)
         check_number("dense_ms", dense_ms, minimum=0.0)
         h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
-        theta = self.parameter_matrix(params)
+        theta = self.parameter_matrix(params, allow_negative=allow_negative)
         n_cells = theta.shape[0]
         clamp = np.asarray(clamp, dtype=float)
         if clamp.ndim == 1:
@@ -294,7 +356,8 @@ class CellModel:
         out = np.empty((n_padded, times.size))
         out_v = np.empty((n_padded, times.size))
         ok = np.empty(n_padded, dtype=np.bool_)
-        self.kernels.simulate_artefact(
+        self._run_kernel(
+            "simulate_artefact",
             theta,
             y0,
             np.ascontiguousarray(clamp),
@@ -308,7 +371,7 @@ class CellModel:
             out_v,
             ok,
         )
-        current = _flag_failures(out[:n_cells], ok[:n_cells])
+        current = _flag_failures(out[:n_cells], ok[:n_cells], _protocol_blame(protocol))
         voltage = out_v[:n_cells]
         voltage[~ok[:n_cells]] = np.nan
         return current, voltage
@@ -326,6 +389,7 @@ class CellModel:
         rtol: float = 2e-3,
         dt_max_ms: float = 0.2,
         return_final_state: bool = False,
+        allow_negative: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Simulate current clamp (spontaneous or paced) and return the membrane potential.
 
@@ -354,6 +418,10 @@ class CellModel:
             sensitive to small errors during slow diastolic depolarisation, which a local error
             estimate under-weights; capping the step at 0.2 ms keeps the cumulative drift of
             upstroke times below 1 ms over 10 s (measured against CVODE, BENCHMARKS.md).
+        return_final_state : bool
+            Also return the final state of every cell.
+        allow_negative : bool, default False
+            Accept negative conductances (see :meth:`parameter_matrix`).
 
         Returns
         -------
@@ -389,12 +457,13 @@ class CellModel:
                     f"cycle_length_ms ({cycle_length_ms})"
                 )
             cycle = float(cycle_length_ms)
-        theta = self.parameter_matrix(params)
+        theta = self.parameter_matrix(params, allow_negative=allow_negative)
         y0 = self._initial_states(initial_state, theta.shape[0])
         out = np.full((theta.shape[0], n_samples), np.nan)
         ok = np.zeros(theta.shape[0], dtype=np.bool_)
         y_end = np.full_like(y0, np.nan)
-        self.kernels.simulate_ap(
+        self._run_kernel(
+            "simulate_ap",
             theta,
             y0,
             float(sample_interval_ms),
@@ -409,7 +478,7 @@ class CellModel:
             ok,
             y_end,
         )
-        out = _flag_failures(out, ok)
+        out = _flag_failures(out, ok, _AP_BLAME)
         if return_final_state:
             y_end[~ok] = np.nan
             return out, y_end
@@ -459,18 +528,63 @@ def _segment_arrays(protocol: Protocol, nsteps: np.ndarray, with_start_times: bo
     ]
 
 
-def _flag_failures(out: np.ndarray, ok: np.ndarray) -> np.ndarray:
+#: What to suspect when every cell of a current-clamp batch failed.
+_AP_BLAME = (
+    "the model file's initial state, a parameter all cells share or the pacing settings"
+)
+
+
+def _protocol_blame(protocol: Protocol) -> str:
+    """What to suspect when every cell of a clamp batch failed: the protocol's extreme command."""
+    voltage, number = protocol.most_extreme_command()
+    where = f"segment {number}" if number else "the holding level"
+    return (
+        f"the protocol {protocol.name!r} (its most extreme command is {voltage:+g} mV, in "
+        f"{where}; check that the model can be clamped there)"
+    )
+
+
+def _flag_failures(out: np.ndarray, ok: np.ndarray, blame: str) -> np.ndarray:
+    """NaN the rows of failed cells and warn; ``blame`` is what to suspect if all failed."""
     if not ok.all():
         bad = np.flatnonzero(~ok)
         out[bad] = np.nan
         shown = ", ".join(map(str, bad[:20])) + (" ..." if bad.size > 20 else "")
+        if bad.size == ok.size and ok.size > 1:
+            advice = f"Every cell failed, so the likely cause is {blame}."
+        elif ok.size == 1:
+            advice = f"Check that parameter set, or {blame}."
+        else:
+            advice = "Check those parameter sets."
         warnings.warn(
             f"integration produced non-finite values for {bad.size} cell(s) (index {shown}); "
-            "their rows are NaN. Check those parameter sets.",
+            f"their rows are NaN. {advice}",
             SimulationWarning,
             stacklevel=3,
         )
     return out
+
+
+def _refuse_non_finite(what: str, names: tuple[str, ...], values: np.ndarray) -> None:
+    """Refuse a model file whose literal parameters or initial state are NaN or infinite."""
+    bad = [f"{n} = {v}" for n, v in zip(names, values, strict=True) if not math.isfinite(v)]
+    if bad:
+        raise ModelStructureError(
+            f"non-finite {what} value(s) in the model file: {', '.join(bad)}; every {what} "
+            "must be a finite number (a value like 1e999 overflows to inf)"
+        )
+
+
+def _refuse_negative(name: str, values: np.ndarray) -> None:
+    negative = np.flatnonzero(values < 0)
+    if negative.size:
+        cells = ", ".join(map(str, negative[:10])) + (" ..." if negative.size > 10 else "")
+        raise ValueError(
+            f"parameter '{name}' sizes a current (conductance, permeability or scale factor) "
+            f"and is negative for {negative.size} cell(s) (index {cells}; e.g. "
+            f"{values[negative[0]]:g}); check its sign, or pass allow_negative=True to "
+            "simulate such cells anyway"
+        )
 
 
 _LOADED: dict[tuple[Path, str], CellModel] = {}
@@ -483,17 +597,25 @@ def load_model(name_or_path: str | os.PathLike) -> CellModel:
     ------
     FileNotFoundError
         Unknown bundled name (the available ones are listed) or missing file.
+    IsADirectoryError
+        The path is a directory.
     ValueError
-        The file cannot be parsed (myokit's message and line are shown) or does not follow the
-        engine's conventions (``simulators/README.md``).
+        The file is not text, cannot be parsed (myokit's message and line are shown), does not
+        follow the engine's conventions (``simulators/README.md``), or has a NaN or infinite
+        parameter or initial state.
     """
-    path = _resources.resolve(name_or_path, "simulators", ".mmt")
+    try:
+        path = _resources.resolve(name_or_path, "simulators", ".mmt")
+    except FileNotFoundError:
+        refuse_directory(name_or_path, "a .mmt model file")
+        raise
     data = path.read_bytes()
     file_hash = hashlib.sha256(data).hexdigest()
     key = (path.resolve(), file_hash)
     if key not in _LOADED:
+        text = _model_text(path, data)
         try:
-            model = myokit.parse_model(data.decode())
+            model = myokit.parse_model(text)
             model.validate()
         except myokit.ParseError as e:
             message = myokit.format_parse_error(e)
@@ -505,3 +627,16 @@ def load_model(name_or_path: str | os.PathLike) -> CellModel:
         except ModelStructureError as e:
             raise ModelStructureError(f"{path}: {e}") from None
     return _LOADED[key]
+
+
+def _model_text(path: Path, data: bytes) -> str:
+    """The text of a model file; a binary file is refused before myokit sees it."""
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), len(data), "NUL byte")
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not a text .mmt file (byte {e.start} is not UTF-8 text: {e.reason}); "
+            "pass a Myokit model file (simulators/README.md)"
+        ) from None

@@ -21,7 +21,7 @@ import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,7 @@ _MS_PER_TIME_UNIT = {"s": 1e3, "sec": 1e3, "ms": 1.0, "msec": 1.0, "us": 1e-3}
 # these bounds is labelled with the wrong unit.
 _PEAK_BOUNDS = {"current": (1e-3, 1e6), "density": (1e-6, 1e5), "voltage": (1e-3, 1e3)}
 _BASE_UNIT = {"current": "pA", "density": "pA/pF", "voltage": "mV"}
+_QUANTITY = {"current": "a current", "density": "a current density", "voltage": "a voltage"}
 
 # Time samples may deviate from an even grid by this fraction of the sample interval: it absorbs
 # the rounding of times written to text (e.g. seconds with 6 decimals) and nothing larger.
@@ -92,7 +93,7 @@ def _parse_unit(text: str | None) -> tuple[str, float] | None:
 
 
 def _kind(unit: str) -> str:
-    """"current", "density" or "voltage" for a unit of :data:`SIGNAL_UNITS`."""
+    """The kind of a unit of :data:`SIGNAL_UNITS`: "current", "density" or "voltage"."""
     if unit == "pA/pF":
         return "density"
     return "current" if unit in _PA_PER_UNIT else "voltage"
@@ -148,7 +149,8 @@ def _check_finite(name: str, values: np.ndarray, time_ms: np.ndarray) -> None:
     n_nan = int(np.isnan(values).sum())
     n_inf = int(bad.sum()) - n_nan
     counts = " and ".join(
-        text for text in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "")
+        text
+        for text in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "")
         if text
     )
     raise ValueError(
@@ -161,9 +163,7 @@ def _check_time_grid(time_ms: np.ndarray) -> None:
     """Finite, from 0, strictly increasing and evenly spaced (within :data:`_EVEN_GRID_RTOL`)."""
     _check_finite("time_ms", time_ms, np.array([]))
     if time_ms[0] != 0:
-        raise ValueError(
-            f"time_ms must start at 0, got {time_ms[0]:g} ms; subtract the first time"
-        )
+        raise ValueError(f"time_ms must start at 0, got {time_ms[0]:g} ms; subtract the first time")
     steps = np.diff(time_ms)
     if (steps <= 0).any():
         i = int(np.argmax(steps <= 0))
@@ -180,6 +180,25 @@ def _check_time_grid(time_ms: np.ndarray) -> None:
             f"{deviation[worst]:.3g} ms off the even grid of {interval:.6g} ms steps (allowed: "
             f"{_EVEN_GRID_RTOL:.1%} of a step); resample the recording onto an even grid"
         )
+
+
+def _check_unit_and_mode(unit: str, mode: str) -> None:
+    check_choice("signal_unit", unit, SIGNAL_UNITS)
+    check_choice("mode", mode, MODES)
+    if _mode_of(unit) != mode:
+        records = "a current" if mode == VOLTAGE_CLAMP else "a voltage"
+        raise ValueError(
+            f"a {mode.replace('_', '-')} recording records {records}, but signal_unit is "
+            f"{unit!r}; pass mode={_mode_of(unit)!r} or the right unit"
+        )
+
+
+def _checked_command(values: object, time_ms: np.ndarray) -> np.ndarray:
+    command = _float_vector("command", values)
+    if command.size != time_ms.size:
+        raise ValueError(f"command has {command.size} samples but time_ms has {time_ms.size}")
+    _check_finite("command", command, time_ms)
+    return _frozen(command)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -238,24 +257,8 @@ class Recording:
             raise ValueError(f"a recording needs at least 2 samples, got {time_ms.size}")
         _check_time_grid(time_ms)
         _check_finite("signal", signal, time_ms)
-        check_choice("signal_unit", self.signal_unit, SIGNAL_UNITS)
-        check_choice("mode", self.mode, MODES)
-        if _mode_of(self.signal_unit) != self.mode:
-            records = "a current" if self.mode == VOLTAGE_CLAMP else "a voltage"
-            raise ValueError(
-                f"a {self.mode.replace('_', '-')} recording records {records}, but signal_unit "
-                f"is {self.signal_unit!r}; pass mode={_mode_of(self.signal_unit)!r} or the "
-                "right unit"
-            )
-        command = None
-        if self.command is not None:
-            command = _float_vector("command", self.command)
-            if command.size != time_ms.size:
-                raise ValueError(
-                    f"command has {command.size} samples but time_ms has {time_ms.size}"
-                )
-            _check_finite("command", command, time_ms)
-            command = _frozen(command)
+        _check_unit_and_mode(self.signal_unit, self.mode)
+        command = None if self.command is None else _checked_command(self.command, time_ms)
         if not isinstance(self.metadata, Mapping):
             raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
         object.__setattr__(self, "time_ms", _frozen(time_ms))
@@ -314,8 +317,9 @@ class Recording:
         source_kind, target_kind = _kind(self.signal_unit), _kind(unit)
         if (source_kind == "voltage") != (target_kind == "voltage"):
             raise ValueError(
-                f"cannot convert a {source_kind} ({self.signal_unit}) to a {target_kind} "
-                f"({unit}): a recording's signal keeps its physical quantity"
+                f"cannot convert {_QUANTITY[source_kind]} ({self.signal_unit}) to "
+                f"{_QUANTITY[target_kind]} ({unit}): a recording's signal keeps its physical "
+                "quantity"
             )
         factor = _to_base(self.signal_unit) / _to_base(unit)
         metadata = dict(self.metadata)
@@ -373,7 +377,7 @@ class Recording:
         unit, factor = _signal_unit_argument(signal_unit)
         values = _float_vector("signal", signal) * factor
         time_ms = np.arange(values.size) * interval
-        return cls(time_ms, values, unit, command, mode, dict(metadata or {}))
+        return cls(time_ms, values, unit, command, mode, {} if metadata is None else metadata)
 
 
 # --------------------------------------------------------------------------- loading
@@ -480,25 +484,34 @@ def _recording_path(path: object) -> Path:
     return path
 
 
-def _check_plausible(values: np.ndarray, unit: str, what: str) -> None:
-    """Refuse values that cannot be a cell's signal in ``unit`` (see :data:`_PEAK_BOUNDS`)."""
-    peak = float(np.nanmax(np.abs(values))) if values.size else 0.0
+def _implausibility(values: np.ndarray, unit: str, factor: float = 1.0) -> str | None:
+    """Why ``values * factor`` (in ``unit``) cannot be a cell's signal, or None if they can.
+
+    See :data:`_PEAK_BOUNDS`.
+    """
+    peak = float(np.nanmax(np.abs(values))) * factor if values.size else 0.0
     if peak == 0 or not math.isfinite(peak):
-        return  # an all-zero (unconnected) channel says nothing about its unit
+        return None  # an all-zero (unconnected) channel says nothing about its unit
     kind = _kind(unit)
     low, high = _PEAK_BOUNDS[kind]
-    in_base = peak * _to_base(unit)
-    if low <= in_base <= high:
-        return
-    base = _BASE_UNIT[kind]
-    quantity = {"current": "a current", "density": "a current density", "voltage": "a voltage"}
-    problem = "too large" if in_base > high else "too small"
-    raise ValueError(
-        f"{what} says its unit is {unit!r}, but its values run from {np.nanmin(values):.6g} to "
-        f"{np.nanmax(values):.6g}: {problem} to be {quantity[kind]} from a cell in {unit} "
-        f"(plausible: |values| between {low:g} and {high:g} {base}), so the unit label is "
-        f"wrong. Pass signal_unit= with the real unit (e.g. signal_unit='pA') to load it"
+    if low <= peak * _to_base(unit) <= high:
+        return None
+    return (
+        f"{'too large' if peak * _to_base(unit) > high else 'too small'} to be "
+        f"{_QUANTITY[kind]} from a cell in {unit} (plausible: largest |value| between {low:g} "
+        f"and {high:g} {_BASE_UNIT[kind]})"
     )
+
+
+def _check_unit_label(values: np.ndarray, label: str, unit: str, factor: float, what: str) -> None:
+    """Refuse a unit label that the values (as written in the file) contradict."""
+    problem = _implausibility(values, unit, factor)
+    if problem is not None:
+        raise ValueError(
+            f"{what} says its unit is {label!r}, but its values run from "
+            f"{np.nanmin(values):.6g} to {np.nanmax(values):.6g}: {problem}, so the unit label "
+            "is wrong. Pass signal_unit= with the real unit (e.g. signal_unit='pA') to load it"
+        )
 
 
 # --------------------------------------------------------------------------- ABF files
@@ -557,7 +570,8 @@ def _abf_header(abf: Any) -> _AbfHeader:
 
 def _describe_channels(abf: Any) -> str:
     return ", ".join(
-        f"{c} {name!r} ({unit})" for c, (name, unit) in enumerate(zip(abf.adcNames, abf.adcUnits))
+        f"{c} {name!r} ({unit})"
+        for c, (name, unit) in enumerate(zip(abf.adcNames, abf.adcUnits, strict=True))
     )
 
 
@@ -567,8 +581,11 @@ def _channel_kind(unit_label: str) -> str | None:
 
 
 def _is_kind(unit_label: str, wanted: str) -> bool:
-    # a clamp command or a recorded current is never a density in an ABF file
     return _channel_kind(unit_label) == wanted
+
+
+#: The kinds of signal each clamp mode records.
+_SIGNAL_KINDS = {VOLTAGE_CLAMP: ("current", "density"), CURRENT_CLAMP: ("voltage",)}
 
 
 def _file_clamp_mode(abf: Any, header: _AbfHeader) -> str | None:
@@ -581,13 +598,11 @@ def _file_clamp_mode(abf: Any, header: _AbfHeader) -> str | None:
 
 def _choose_abf_channel(abf: Any, channel: int | str | None, clamp_mode: str | None) -> int:
     if channel is None:
-        wanted = {VOLTAGE_CLAMP: ("current",), CURRENT_CLAMP: ("voltage",)}.get(
-            clamp_mode, ("current", "voltage")
-        )
+        wanted = _SIGNAL_KINDS.get(clamp_mode, ("current", "density", "voltage"))
         for c, unit in enumerate(abf.adcUnits):
             if _channel_kind(unit) in wanted:
                 return c
-        expected = " or ".join(f"a {kind}" for kind in wanted)
+        expected = " or ".join(_QUANTITY[kind] for kind in wanted)
         raise ValueError(
             f"{Path(abf.abfFilePath).name}: no channel records {expected} (channels: "
             f"{_describe_channels(abf)}); pass channel= and signal_unit="
@@ -608,6 +623,18 @@ def _choose_abf_channel(abf: Any, channel: int | str | None, clamp_mode: str | N
         f"{Path(abf.abfFilePath).name}: no channel {channel!r}; the file's channels are "
         f"{_describe_channels(abf)} (pass channel= as an index or a name)"
     )
+
+
+def _read_sweep(abf: Any, sweep: int, channel: int) -> np.ndarray:
+    """One sweep of one channel as float64 (as written in the file's unit)."""
+    try:
+        abf.setSweep(sweep, channel=channel)
+        return np.array(abf.sweepY, dtype=float)
+    except Exception as error:  # pyabf's checks of the sweep layout are asserts and index errors
+        raise ValueError(
+            f"{Path(abf.abfFilePath).name}: sweep {sweep} of channel {channel} cannot be read "
+            f"({type(error).__name__}: {error}); the file's sweep table is damaged"
+        ) from None
 
 
 def _check_sweep(abf: Any, sweep: object) -> int:
@@ -633,20 +660,23 @@ def _abf_signal_unit(
             "pass signal_unit= with its real unit"
         )
     if clamp_mode is not None and _mode_of(unit) != clamp_mode:
-        records = "a current" if _kind(unit) != "voltage" else "a voltage"
         wanted = "voltage" if clamp_mode == CURRENT_CLAMP else "current"
         others = [
             f"{c} ({abf.adcNames[c]!r})"
             for c, u in enumerate(abf.adcUnits)
-            if _is_kind(u, wanted) or (wanted == "current" and _is_kind(u, "density"))
+            if _channel_kind(u) in _SIGNAL_KINDS[clamp_mode]
         ]
         raise ValueError(
-            f"{where} records {records} ({unit}), but the file is a "
+            f"{where} records {_QUANTITY[_kind(unit)]} ({unit}), but the file is a "
             f"{clamp_mode.replace('_', '-')} recording (its command is in "
             f"{_command_quantity(clamp_mode)}); choose a {wanted} channel"
             + (f": {', '.join(others)}" if others else "")
         )
     return unit, factor
+
+
+#: Unit of a Recording's command, and what it is, by clamp mode.
+_COMMAND_UNIT = {VOLTAGE_CLAMP: "mV", CURRENT_CLAMP: "pA"}
 
 
 def _command_quantity(mode: str) -> str:
@@ -668,9 +698,8 @@ def _load_abf(
     unit, factor = _abf_signal_unit(abf, chosen, override, clamp_mode)
     what = f"{path.name}: channel {chosen} ({abf.adcNames[chosen]!r})"
     if override is None:
-        _check_plausible(abf.data[chosen] * factor, unit, what)
-    abf.setSweep(sweep, channel=chosen)
-    signal = np.asarray(abf.sweepY, dtype=float) * factor
+        _check_unit_label(abf.data[chosen], abf.adcUnits[chosen], unit, factor, what)
+    signal = _read_sweep(abf, sweep, chosen) * factor
     mode = _mode_of(unit)
     command, command_info = _abf_command(abf, header, sweep, chosen, mode, signal.size)
     interval_ms = header.interval_us / 1e3 if header.interval_us > 0 else 1e3 / abf.sampleRate
@@ -742,15 +771,17 @@ def _abf_command(
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     dac = _command_dac(abf, header, channel, mode)
     if dac is None:
-        reason = f"no DAC output is in {_command_quantity(mode).split(':')[0]}"
+        reason = f"no DAC output is in {_COMMAND_UNIT[mode]}"
     else:
         command, reason = _dac_command(abf, header, dac, sweep, mode, n_samples)
         if reason is None:
+            unit, factor = _parse_unit(abf.dacUnits[dac])
             return command, {
                 "command_source": _waveform_source(abf, header, dac),
                 "command_dac": dac,
                 "command_name": abf.dacNames[dac],
-                "command_holding": float(abf.holdingCommand[dac]),
+                # in the command's unit (mV / pA), like the command
+                "command_holding": float(abf.holdingCommand[dac]) * factor * _to_base(unit),
             }
     recorded = _recorded_command(abf, sweep, channel, mode)
     if recorded is not None:
@@ -793,14 +824,12 @@ def _dac_command(
         reason = _flat_train_reason(epochs)
         if reason is not None:
             return None, reason
-    unit, factor = _parse_unit(abf.dacUnits[dac]) or ("", 1.0)
-    to_command_unit = _to_base(unit) / (1.0 if mode == VOLTAGE_CLAMP else 1.0)
-    command = waveform * factor * to_command_unit
+    unit, factor = _parse_unit(abf.dacUnits[dac])  # a voltage or a current: see _command_dac
+    command = waveform * factor * _to_base(unit)
     peak = float(np.abs(command).max())
-    limit = _PEAK_BOUNDS["voltage" if mode == VOLTAGE_CLAMP else "current"][1]
-    if peak > limit:
+    if peak > _PEAK_BOUNDS[_kind(unit)][1]:
         return None, (
-            f"DAC {dac} ({abf.dacNames[dac]!r}) reaches {peak:g} {_command_quantity(mode)[:2]}, "
+            f"DAC {dac} ({abf.dacNames[dac]!r}) reaches {peak:g} {_COMMAND_UNIT[mode]}, "
             "which is no clamp command"
         )
     return command, None
@@ -817,9 +846,12 @@ def _missing_waveform_reason(abf: Any, header: _AbfHeader, dac: int, caught: lis
         ),
         "",
     )
-    named = f" {stimulus!r}" if stimulus else ""
+    if not stimulus:
+        return "it was played from a stimulus file that pyabf cannot find"
+    name = PureWindowsPath(stimulus).name  # the header holds the acquisition PC's path
     return (
-        f"it was played from the stimulus file{named}, which is not next to the ABF file"
+        f"it was played from the stimulus file '{name}', which is not next to the ABF file; "
+        "put it there to read the command"
     )
 
 
@@ -854,13 +886,9 @@ def _recorded_command(
         if c == channel or not _is_kind(label, wanted):
             continue
         unit, factor = _parse_unit(label)
-        abf.setSweep(sweep, channel=c)
-        command = np.asarray(abf.sweepY, dtype=float) * factor * _to_base(unit)
-        try:
-            _check_plausible(command, _BASE_UNIT[wanted], "")
-        except ValueError:
-            continue
-        return command, f"recorded channel {c} ({abf.adcNames[c]!r})"
+        command = _read_sweep(abf, sweep, c) * factor * _to_base(unit)
+        if _implausibility(command, _COMMAND_UNIT[mode]) is None:
+            return command, f"recorded channel {c} ({abf.adcNames[c]!r})"
     return None
 
 
@@ -878,14 +906,18 @@ class _Table:
     decimal: str
 
 
-_SEPARATORS = (",", ";", "\t")
+_SEPARATORS = ("\t", ";", ",")
 _DECIMAL_COMMA_NUMBER = re.compile(r"[+-]?\d*,\d+([eE][+-]?\d+)?")
 _MISSING_CELLS = {"", "nan", "na", "n/a", "null", "none", "-"}
 
 
 def _read_text(path: Path) -> str:
     try:
-        raw = gzip.open(path).read() if path.name.lower().endswith(".gz") else path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path) as file:
+                raw = file.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
         raise ValueError(f"{path}: not a valid gzip file ({error}); compress it again") from None
     try:
@@ -895,15 +927,16 @@ def _read_text(path: Path) -> str:
 
 
 def _guess_separator(lines: list[str]) -> str | None:
-    """The separator giving every sampled line the same number (> 1) of fields."""
+    """The first of tab, ';', ',' that gives every sampled line the same number (> 1) of fields.
+
+    Tab and ';' come first: a line holding one on every line is separated by it, whereas
+    commas may be decimal marks (European exports) that happen to be equally many per line.
+    """
     sample = lines[:50]
-    consistent = []
     for separator in _SEPARATORS:
         counts = {line.count(separator) for line in sample}
-        if len(counts) == 1 and (count := counts.pop()) > 0:
-            consistent.append((count, separator))
-    if consistent:
-        return max(consistent)[1]
+        if len(counts) == 1 and counts.pop() > 0:
+            return separator
     # no consistent choice: take the header's, so the row with a wrong field count is named
     in_header = [(lines[0].count(s), s) for s in _SEPARATORS if s in lines[0]]
     return max(in_header)[1] if in_header else None
@@ -974,36 +1007,44 @@ def _read_table(path: Path) -> _Table:
     return _Table(header, rows, lines, separator, _guess_decimal(path, rows, separator))
 
 
-def _numeric_column(path: Path, table: _Table, j: int) -> np.ndarray:
-    cells = [row[j] for row in table.rows]
-    texts = np.array(cells)
-    if table.decimal == ",":
-        texts = np.char.replace(texts, ",", ".")
+def _parses(text: str) -> bool:
     try:
-        values = texts.astype(float)
+        float(text)
     except ValueError:
-        values = None
-    name = table.header[j]
-    for k, cell in enumerate(cells):
-        if values is not None and math.isfinite(values[k]):
-            continue
-        if cell.lower() in _MISSING_CELLS:
-            problem = "is empty" if cell == "" else f"is missing ({cell!r})"
-        elif values is None and not _is_number(cell if table.decimal == "," else cell):
-            problem = f"is not a number: {cell!r}"
-        elif values is None:
-            continue
-        else:
-            problem = f"is not finite: {cell!r}"
-        bad = (
-            int((~np.isfinite(values)).sum()) if values is not None else None
-        )
-        count = f" ({bad} such cells)" if bad and bad > 1 else ""
-        raise ValueError(
-            f"{path}: line {table.lines[k]}, column {name!r}{count} {problem}; every cell must "
-            "be a finite number (remove or fill the gaps)"
-        )
+        return False
+    return True
+
+
+def _numeric_column(path: Path, table: _Table, j: int) -> np.ndarray:
+    """Column ``j`` as floats; a cell that is not a finite number is an error naming its line."""
+    cells = [row[j] for row in table.rows]
+    texts = [c.replace(",", ".") for c in cells] if table.decimal == "," else cells
+    try:
+        values = np.array(texts, dtype=str).astype(float)
+    except ValueError:
+        k = next((k for k, text in enumerate(texts) if not _parses(text)), None)
+        if k is not None:
+            raise _cell_error(path, table, j, k, 1) from None
+        values = np.array([float(text) for text in texts])  # forms only Python reads
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise _cell_error(path, table, j, int(bad[0]), bad.size)
     return values
+
+
+def _cell_error(path: Path, table: _Table, j: int, k: int, count: int) -> ValueError:
+    cell = table.rows[k][j]
+    if cell.lower() in _MISSING_CELLS:
+        problem = "is empty" if cell == "" else f"is missing ({cell!r})"
+    elif not _parses(cell.replace(",", ".") if table.decimal == "," else cell):
+        problem = f"is not a number: {cell!r}"
+    else:
+        problem = f"is not finite: {cell!r}"
+    others = f" ({count - 1} more such cells follow)" if count > 1 else ""
+    return ValueError(
+        f"{path}: line {table.lines[k]}, column {table.header[j]!r} {problem}{others}; every "
+        "cell must be a finite number: remove or fill the gaps"
+    )
 
 
 _BRACKETED = re.compile(r"^(?P<name>.*?)\s*[(\[](?P<unit>[^)\]]*)[)\]]\s*$")
@@ -1045,18 +1086,14 @@ def _one_column(path: Path, table: _Table, indices: list[int], role: str) -> int
     return indices[0] if indices else None
 
 
-def _signal_column(
-    path: Path, table: _Table, roles: list[str], channel: int | str | None
-) -> int:
+def _signal_column(path: Path, table: _Table, roles: list[str], channel: int | str | None) -> int:
     expected = (
         "expected one time column (e.g. 'time_ms' or 'Time (s)'), one signal column (a "
         "current or a voltage, e.g. 'I (pA/pF)' or 'Voltage (mV)') and optionally one "
         "command column (e.g. 'command_mV')"
     )
     if channel is not None:
-        by_name = [
-            j for j, h in enumerate(table.header) if channel in (h, _split_header(h)[0])
-        ]
+        by_name = [j for j, h in enumerate(table.header) if channel in (h, _split_header(h)[0])]
         chosen = int(channel) if is_integer(channel) else (by_name[0] if by_name else None)
         if chosen is None or not 0 <= chosen < len(table.header) or len(by_name) > 1:
             raise ValueError(
@@ -1070,8 +1107,9 @@ def _signal_column(
         return chosen
     candidates = [j for j, role in enumerate(roles) if role == "signal"]
     if not candidates:
-        raise ValueError(f"{path}: no signal column; columns found: {_columns_text(table)}; "
-                         f"{expected}")
+        raise ValueError(
+            f"{path}: no signal column; columns found: {_columns_text(table)}; {expected}"
+        )
     if len(candidates) > 1:
         names = ", ".join(repr(table.header[j]) for j in candidates)
         raise ValueError(
@@ -1103,6 +1141,10 @@ def _csv_time(
         raise ValueError(
             f"{path}: the file has a time column ({table.header[j]!r}); pass sample_interval_ms= "
             "only for files without one"
+        )
+    if time_unit is not None and _normalise_unit_text(time_unit) not in _MS_PER_TIME_UNIT:
+        raise ValueError(
+            f"time_unit must be one of {', '.join(_MS_PER_TIME_UNIT)}, got {time_unit!r}"
         )
     unit = time_unit if time_unit is not None else _split_header(table.header[j])[1]
     if unit is None or _normalise_unit_text(unit) not in _MS_PER_TIME_UNIT:
@@ -1167,9 +1209,12 @@ def _load_csv(
         path, table, [j for j, r in enumerate(roles) if r == "command"], "command"
     )
     unit, factor = _csv_signal_unit(path, table, signal_j, override)
-    signal = _numeric_column(path, table, signal_j) * factor
+    values = _numeric_column(path, table, signal_j)
     if override is None:
-        _check_plausible(signal, unit, f"{path}: column {table.header[signal_j]!r}")
+        label = _split_header(table.header[signal_j])[1]
+        what = f"{path}: column {table.header[signal_j]!r}"
+        _check_unit_label(values, label, unit, factor, what)
+    signal = values * factor
     mode = _mode_of(unit)
     time_ms, time_info = _csv_time(
         path, table, time_j, time_unit, sample_interval_ms, len(table.rows)
@@ -1187,9 +1232,10 @@ def _load_csv(
         **time_info,
         **extra,
     }
+    interval = time_ms[-1] / (time_ms.size - 1)
+    if interval > 0:
+        metadata["sample_rate_Hz"] = float(1e3 / interval)
     try:
-        recording = Recording(time_ms, signal, unit, command, mode, metadata)
+        return Recording(time_ms, signal, unit, command, mode, metadata)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    recording.metadata["sample_rate_Hz"] = 1e3 / recording.sample_interval_ms
-    return recording

@@ -2,6 +2,7 @@
 
 from .figures import plot_calibration, plot_correlations, plot_demo, plot_posterior, plot_predictive
 from .html import cell_report, estimator_report, strongest_pairs
+from .screen import plot_screen
 
 __all__ = [
     "cell_report",
@@ -11,5 +12,6 @@ __all__ = [
     "plot_demo",
     "plot_posterior",
     "plot_predictive",
+    "plot_screen",
     "strongest_pairs",
 ]

@@ -1,5 +1,35 @@
-"""Layer 6, twins: posterior draws simulated as digital twins of the recorded cell."""
+"""Layer 6, twins: posterior draws simulated as digital twins of the recorded cell, their
+populations, drugs as ion-channel block, and drug screens.
+"""
 
-from .simulate import simulate_twins
+from .drugs import CHANNELS, Drug, available_drugs, channel_parameters, load_drug
+from .population import make_twins, pool_twins, trace_features, twin_features
+from .screen import ScreenResult, cells_needed, screen, wilson_interval
 
-__all__ = ["simulate_twins"]
+
+def __getattr__(name: str):
+    # simulate_twins needs the inference layer (torch): imported on first use, so that drugs
+    # and screens (and `import sbi_twins`) stay light
+    if name == "simulate_twins":
+        from .simulate import simulate_twins
+
+        return simulate_twins
+    raise AttributeError(f"module 'sbi_twins.twins' has no attribute {name!r}")
+
+
+__all__ = [
+    "CHANNELS",
+    "Drug",
+    "ScreenResult",
+    "available_drugs",
+    "cells_needed",
+    "channel_parameters",
+    "load_drug",
+    "make_twins",
+    "pool_twins",
+    "screen",
+    "simulate_twins",
+    "trace_features",
+    "twin_features",
+    "wilson_interval",
+]
