@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ..inference import Estimator
+if TYPE_CHECKING:  # annotations only: drawing needs no torch
+    from ..inference import Estimator
 
 
 def plot_demo(

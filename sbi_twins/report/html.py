@@ -14,14 +14,17 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .._util import atomic_write_text, package_version
-from ..diagnostics import Diagnostics
-from ..inference import CellPosterior, Estimator
 from .figures import plot_calibration, plot_correlations, plot_posterior, plot_predictive
+
+if TYPE_CHECKING:  # annotations only: laying out needs no torch
+    from ..diagnostics import Diagnostics
+    from ..inference import CellPosterior, Estimator
 
 #: Contraction at or above which a parameter is "pinned down" by the recording, and below
 #: which it is "not identified" (the labels of the diagnostics: IDENTIFIED, NOT_IDENTIFIED).
