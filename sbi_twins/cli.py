@@ -533,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f"sbi-twins {args.command}: interrupted", file=sys.stderr)
+        resumable = args.command in ("simulate", "train")
+        hint = ": rerun the same command to continue where it stopped" if resumable else ""
+        print(f"sbi-twins {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:
