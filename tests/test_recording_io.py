@@ -663,3 +663,21 @@ def test_the_even_grid_tolerance_is_a_thousandth_of_a_step():
 
 def test_the_loaders_are_public():
     assert st.load_recording is load_recording and st.Recording is Recording
+
+
+def test_a_voltage_and_a_current_column_exported_together_are_told_apart():
+    """Clark et al.'s exports hold `Voltage (V)` and `Current (pA/pF)` in every file: in voltage
+    clamp the voltage is the (held, stepwise) command, in current clamp the current is the
+    (zero) injected command; the column that holds its value is the command.
+    """
+    from conftest import DATA
+
+    cell = DATA / "clark_ipsc"
+    vc = load_recording(cell / "Compensation_rspre_0.csv.gz")
+    assert vc.mode == "voltage_clamp" and vc.signal_unit == "pA/pF"
+    assert vc.metadata["command_column"] == "Voltage (V)"
+    assert set(np.unique(np.round(vc.command_mV))) >= {-80.0, -70.0, 60.0}
+    spontaneous = sorted(cell.glob("*spont*.csv*"))[0]
+    cc = load_recording(spontaneous)
+    assert cc.mode == "current_clamp" and cc.signal_unit in ("V", "mV")
+    assert not cc.command.any()

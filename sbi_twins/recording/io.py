@@ -1119,6 +1119,24 @@ def _signal_column(path: Path, table: _Table, roles: list[str], channel: int | s
     return candidates[0]
 
 
+def _spot_unnamed_command(path: Path, table: _Table, roles: list[str]) -> None:
+    """A current and a voltage column, neither named a command: the one that holds its value
+    from sample to sample is the programmed command (a voltage step protocol, or a zero current
+    in current clamp), the other the measured signal, e.g. `Voltage (V)` and `Current (pA/pF)`
+    exported together (Clark et al. 2023's files). Marks it in ``roles``; no change otherwise.
+    """
+    signals = [j for j, role in enumerate(roles) if role == "signal"]
+    units = [_split_header(table.header[j])[1] for j in signals]
+    if len(signals) != 2 or None in units or not all(u in _UNIT_SPELLINGS for u in units):
+        return
+    kinds = {_kind(_UNIT_SPELLINGS[u][0]) for u in units}
+    if "voltage" not in kinds or len(kinds) != 2:
+        return
+    held = [np.mean(np.diff(_numeric_column(path, table, j)) == 0) for j in signals]
+    if min(held) < 0.5 <= max(held):  # exactly one column is piecewise constant
+        roles[signals[int(np.argmax(held))]] = "command"
+
+
 def _csv_time(
     path: Path,
     table: _Table,
@@ -1180,6 +1198,10 @@ def _csv_command(path: Path, table: _Table, j: int | None, mode: str) -> np.ndar
     wanted = "voltage" if mode == VOLTAGE_CLAMP else "current"
     stated = _split_header(table.header[j])[1]
     parsed = _parse_unit(stated)
+    if wanted == "current" and parsed is not None and _kind(parsed[0]) == "density":
+        values = _numeric_column(path, table, j)
+        if not values.any():  # no current injected: zero in any unit
+            return values
     if parsed is None or _kind(parsed[0]) != wanted:
         example = "'command_mV' or 'Command (mV)'" if wanted == "voltage" else "'I_stim (pA)'"
         raise ValueError(
@@ -1203,6 +1225,8 @@ def _load_csv(
     roles = [_role(*_split_header(h)) for h in table.header]
     if channel is not None and not (is_integer(channel) or isinstance(channel, str)):
         raise ValueError(f"channel must be a column index or name, got {channel!r}")
+    if channel is None:
+        _spot_unnamed_command(path, table, roles)
     signal_j = _signal_column(path, table, roles, channel)
     time_j = _one_column(path, table, [j for j, r in enumerate(roles) if r == "time"], "time")
     command_j = _one_column(
