@@ -362,7 +362,9 @@ def test_ctrl_c_prints_one_line_stops_the_workers_and_can_be_resumed(tmp_path, f
     os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert stderr.strip() == "sbi-twins simulate: interrupted"
+    assert stderr.strip() == (
+        "sbi-twins simulate: interrupted: rerun the same command to continue where it stopped"
+    )
     assert _survivors(workers, within_s=10) == []
     resumed = subprocess.run(_command(files, out, 3, 1), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
