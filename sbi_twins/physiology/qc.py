@@ -94,6 +94,7 @@ from ..recording.alignment import command_differences
 from ..recording.io import CURRENT_CLAMP, VOLTAGE_CLAMP, Recording
 from ..recording.protocol_io import protocol_from_recording
 from .features import ap_features, upstroke_times, upward_crossings
+from .viability import ViabilityRules
 
 __all__ = [
     "MEASURED_KEYS",
@@ -189,12 +190,14 @@ class QCRules:
     max_noise_pA_per_pF: float = 0.5
     max_drift_pA: float = 50.0
     transient_ms: float = 5.0
-    min_beats: int = 3
-    max_cl_cv: float = 0.2
+    # the beating rules of the training cells (ViabilityRules), so a cell that passes QC is one
+    # the estimators were trained on
+    min_beats: int = ViabilityRules.min_beats
+    max_cl_cv: float = ViabilityRules.max_cl_cv
     max_alternans: float = 0.1
-    max_mdp_mV: float = -50.0
-    min_peak_mV: float = 0.0
-    threshold_mV: float = -20.0
+    max_mdp_mV: float = ViabilityRules.max_mdp_mV
+    min_peak_mV: float = ViabilityRules.min_peak_mV
+    threshold_mV: float = ViabilityRules.threshold_mV
     ap_lowpass_kHz: float = 1.0
 
     def __post_init__(self) -> None:
