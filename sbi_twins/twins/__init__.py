@@ -5,17 +5,7 @@ populations, drugs as ion-channel block, and drug screens.
 from .drugs import CHANNELS, Drug, available_drugs, channel_parameters, load_drug
 from .population import make_twins, pool_twins, trace_features, twin_features
 from .screen import ScreenResult, cells_needed, screen, wilson_interval
-
-
-def __getattr__(name: str):
-    # simulate_twins needs the inference layer (torch): imported on first use, so that drugs
-    # and screens (and `import sbi_twins`) stay light
-    if name == "simulate_twins":
-        from .simulate import simulate_twins
-
-        return simulate_twins
-    raise AttributeError(f"module 'sbi_twins.twins' has no attribute {name!r}")
-
+from .simulate import simulate_twins
 
 __all__ = [
     "CHANNELS",

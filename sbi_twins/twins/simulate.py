@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
-from ..inference import Estimator
+if TYPE_CHECKING:  # annotations only: simulating twins needs no torch of its own
+    from ..inference import Estimator
 
 
 def simulate_twins(
