@@ -278,6 +278,15 @@ class Protocol:
             )
         return np.arange(n_intervals + 1) * si
 
+    def segment_index(self, times_ms: np.ndarray) -> np.ndarray:
+        """Index (from 0) of the segment each time lies in, right-continuous at the edges as
+        :meth:`voltage` is; times before 0 count to the first segment, times at or after the
+        end to the last.
+        """
+        t = np.asarray(times_ms, dtype=float)
+        idx = np.searchsorted(self.edges_ms[:-1], t + _EDGE_TOL_MS, side="right") - 1
+        return np.clip(idx, 0, len(self.segments) - 1)
+
     def voltage(self, times_ms: np.ndarray) -> np.ndarray:
         """Return the command voltage (mV) at the given times.
 
@@ -303,11 +312,12 @@ class Protocol:
         edges = self.edges_ms
         starts = edges[:-1]
         nudged = flat + _EDGE_TOL_MS
-        idx = np.searchsorted(starts, nudged, side="right") - 1
+        idx = self.segment_index(flat)
         out = np.full(flat.shape, self.holding_mV)
         after = nudged >= edges[-1]
+        before = nudged < 0  # at the holding potential
         for i, seg in enumerate(self.segments):
-            mask = (idx == i) & ~after
+            mask = (idx == i) & ~after & ~before
             if mask.any():
                 # Clip: a time a hair below the edge (round-off) belongs to the segment start.
                 out[mask] = seg.voltage_at(np.maximum(flat[mask] - starts[i], 0.0))

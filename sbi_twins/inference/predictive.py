@@ -100,8 +100,7 @@ def predictive_check(posterior: CellPosterior, n: int = 200, seed: int = 0) -> P
     observed = estimator.scheme.apply(recorded, allow_nonfinite=True)
     ok = np.isfinite(observed).all(axis=1)
     scheme = estimator.scheme
-    edges = estimator.protocol.edges_ms
-    segment = np.clip(np.searchsorted(edges, scheme.times_ms, side="right") - 1, 0, len(edges) - 2)
+    segment = estimator.protocol.segment_index(scheme.times_ms)
     samples = (scheme.stops - scheme.starts).astype(float)
     noise_column = "recording.noise_pA_per_pF"
     noise_level = float(np.median(draws[noise_column])) if noise_column in draws else 0.0

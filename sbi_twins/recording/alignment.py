@@ -51,7 +51,7 @@ def command_differences(
     near_edge = np.abs(t[:, None] - edges[None, :]).min(axis=1) <= guard
     compared = inside & ~near_edge
     difference = np.where(compared, np.abs(command - protocol.voltage(t)), 0.0)
-    segment = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(protocol.segments) - 1)
+    segment = protocol.segment_index(t)
     lines = []
     for k in np.unique(segment[difference > tolerance_mV]):
         in_segment = np.flatnonzero((segment == k) & compared)
