@@ -258,6 +258,17 @@ class KernelSource:
         return [f"{identifier(self.a.pace)} = {expr}"] if self.a.pace is not None else []
 
     # -- kernels ---------------------------------------------------------------------------------
+    def _lane_values(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Names every clamp kernel keeps per lane: parameters, non-V states, the saved states
+        (explicit ``k_y``, gates ``k_g``) and the derivatives ``k_f`` of the explicit states.
+        """
+        n_explicit = len(self.a.explicit_rhs(False))
+        params = [identifier(p) for p in self.a.parameters]
+        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        saved = [f"k_y{k}" for k in range(n_explicit)]
+        saved += [f"k_g{k}" for k in range(len(self.a.gates))]
+        return params, states, saved, [f"k_f{k}" for k in range(n_explicit)]
+
     def _lane_loop(
         self, body: list[str], rows: dict[str, int], stores: list[str], load: bool = True
     ) -> list[str]:
@@ -289,14 +300,9 @@ class KernelSource:
         """
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
-        explicit = self.a.explicit_rhs(False)
-        params = [identifier(p) for p in self.a.parameters]
-        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        params, states, saved, derivatives = self._lane_values()
         const = self._const_block()
         volt = self._volt_block(False, True)
-        saved = [f"k_y{k}" for k in range(len(explicit))]
-        saved += [f"k_g{k}" for k in range(len(self.a.gates))]
-        derivatives = [f"k_f{k}" for k in range(len(explicit))]
         persistent = params + _assigned(const) + states + _assigned(volt) + saved + derivatives
         extra = ["k_ion", "k_bad"]  # I_ion of the current evaluation; count of non-finite values
         rows = {name: row for row, name in enumerate(dict.fromkeys(persistent + extra))}
@@ -433,13 +439,8 @@ class KernelSource:
         """
         v = identifier(self.a.v)
         i_ion = identifier(self.a.i_ion)
-        explicit = self.a.explicit_rhs(False)
-        params = [identifier(p) for p in self.a.parameters]
-        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        params, states, saved, derivatives = self._lane_values()
         const = self._const_block()
-        saved = [f"k_y{k}" for k in range(len(explicit))]
-        saved += [f"k_g{k}" for k in range(len(self.a.gates))]
-        derivatives = [f"k_f{k}" for k in range(len(explicit))]
         clamp = ["k_tinv", "k_voff", "k_gl", "k_el", "k_vm", "k_vest"]
         step = ["k_ion", "k_bad", "k_geff", "k_a", "k_vmid", "k_rec", "k_vrec"]
         persistent = params + _assigned(const) + states + saved + derivatives + clamp + step
