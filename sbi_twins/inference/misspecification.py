@@ -13,7 +13,7 @@ How often it flags such recordings is measured by ``benchmarks/misspecification.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,9 +67,8 @@ class Reference:
         half = n_cells // 2
         mean = summaries[:half].mean(axis=0)
         scale = np.maximum(summaries[:half].std(axis=0), 1e-9)
-        reference = cls(mean, scale, np.empty(0))
-        calibration = np.sort(reference.statistic(summaries[half:]))
-        return cls(mean, scale, calibration)
+        standardised = cls(mean, scale, calibration=np.empty(0))
+        return replace(standardised, calibration=np.sort(standardised.statistic(summaries[half:])))
 
     def statistic(self, summaries: np.ndarray) -> np.ndarray:
         """Mean squared z-score of summaries (N, C) -> (N,)."""
