@@ -171,7 +171,14 @@ def _fit(args: argparse.Namespace) -> int:
     if args.report:
         from .report import cell_report
 
-        report = cell_report(posterior, args.out, n=args.samples, seed=args.seed, title=path.name)
+        report = cell_report(
+            posterior,
+            args.out,
+            n=args.samples,
+            seed=args.seed,
+            title=path.name,
+            saved=(samples, summary),
+        )
         print(f"wrote {report}")
     return 0
 

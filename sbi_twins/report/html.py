@@ -52,6 +52,7 @@ def cell_report(
     seed: int = 0,
     title: str = "cell",
     truth: pd.Series | None = None,
+    saved: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> Path:
     """Write ``report.html`` (and ``posterior.nc``, ``samples.csv``, ``summary.csv``) for one
     cell's posterior to ``directory``; return the report's path.
@@ -59,9 +60,11 @@ def cell_report(
     The report opens with the misspecification verdict, then what the recording pins down and
     what it does not, the parameters that trade off, the posterior-predictive check, the
     posterior of every parameter within its prior, the correlation matrix and the tables.
+    ``saved`` is what ``posterior.save(directory, n, seed=seed)`` returned, if it was called
+    already: its draws are reused instead of drawn and written again.
     """
     out = Path(directory)
-    samples, summary = posterior.save(out, n, seed=seed)
+    samples, summary = saved or posterior.save(out, n, seed=seed)
     names = list(posterior.names)
     verdict = posterior.misspecification()
     check = posterior.predictive(n_predictive, seed=seed)
