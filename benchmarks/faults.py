@@ -1,6 +1,9 @@
-"""Fault injection: bad inputs and faults against the data and engine layers (issue 20).
+"""Fault injection: bad inputs and faults against every layer (issue 20).
 
-Each case runs in its own subprocess (its own process group, with a timeout and an address-space
+The cases are the issue's table of faults, by its IDs (``D`` datasets, ``P``/``M``/``K``
+protocols, model files and the kernel cache, ``T`` training, ``F`` fitting recordings, ``C``
+command-line settings); a letter after an ID (``D12b``) is a variant of the same fault. Each
+case runs in its own subprocess (its own process group, with a timeout and an address-space
 limit, so a case that allocates without bound or hangs cannot harm the machine) and is judged:
 
 ``clean error``
@@ -9,13 +12,23 @@ limit, so a case that allocates without bound or hangs cannot harm the machine) 
     the run succeeds and its result is right (a healed cache, a redone chunk, no orphans...);
 ``unhelpful error``
     a one-line error that does not say what is wrong or where;
+``only flagged``
+    a recording that must be refused is fitted, with no more than a warning that it is unlike
+    the training cells;
 ``silently wrong``
     the run succeeds with a wrong or misleading result (NaN rows, a warning blaming the cells,
-    orphaned workers);
+    orphaned workers, a file on disk replaced: "DATA LOST");
 ``traceback``
     a raw exception from inside (numpy, json, numba...) or an unexpected error;
 ``hang``
     no end within the timeout (the process group is killed).
+
+The fit cases start from one cell simulated by the bundled ``default`` estimator (clark2022,
+0.1 ms, pA/pF), written as the issue describes each input (the CSV tables as ``sbi-twins demo``
+writes its example cell); "right answer" there means the observation the estimator sees is the
+clean cell's. They use a copy of the bundled estimator that keeps its misspecification reference
+(computed once, as ``fit`` would on first use), so each fit does not simulate 400 cells again.
+The training cases start from a finished 2-epoch run on a 12-cell reference dataset.
 
 It also measures what the integrity checks cost when a dataset is first read (synthetic datasets
 of 2,000 and 20,000 cells shaped like clark2022 ones, with and without recorded checksums).
@@ -23,7 +36,7 @@ of 2,000 and 20,000 cells shaped like clark2022 ones, with and without recorded 
 Usage::
 
     python benchmarks/faults.py                     # every case against this checkout
-    python benchmarks/faults.py --only D06,K01      # some cases
+    python benchmarks/faults.py --only D06,K01      # some cases (--only F prefix: all F cases)
     python benchmarks/faults.py --checkout DIR --max-timeout 60 --out /tmp/faults_old.json
         # the same cases against another source tree, e.g. `git archive` of an older commit
 """
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -46,6 +60,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -241,18 +257,106 @@ def d07(ctx: Context) -> tuple[str, str]:
     return judge_cli_error(run, r"0 of \d+ draws accepted.*too_few_beats")
 
 
-def _damaged_shard(ctx: Context, name: str, damage: str, expect: str) -> tuple[str, str]:
-    """Damage a file of chunk 1 of a copy of the reference dataset, then read it as training."""
+# Damage done to chunk 1 of a copy of the reference dataset (in this process, before the case).
+def _npy_data_offset(path: Path) -> int:
+    """Where the array data of a .npy file starts (after its header)."""
+    array = np.load(path, mmap_mode="r")
+    offset = int(array.offset)
+    del array  # closes the map before the file is rewritten
+    return offset
+
+
+def _truncate(directory: Path, chunk: Path) -> None:
+    path = chunk / "observations.npy"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _break_header(directory: Path, chunk: Path) -> None:
+    path = chunk / "observations.npy"
+    data = bytearray(path.read_bytes())
+    data[12:40] = b"{'descr': <<garbage>>, 'sha"
+    path.write_bytes(bytes(data))
+
+
+def _zero_theta_header(directory: Path, chunk: Path) -> None:
+    """The first 16 bytes of theta.npy zeroed (the issue's D15/D16)."""
+    path = chunk / "theta.npy"
+    data = bytearray(path.read_bytes())
+    data[:16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def _ff_over_data(directory: Path, chunk: Path) -> None:
+    """Up to 4 kB of observation data overwritten with 0xFF bytes (NaN floats), header intact."""
+    path = chunk / "observations.npy"
+    data = bytearray(path.read_bytes())
+    start = _npy_data_offset(path)
+    stop = min(len(data), start + 4096)
+    data[start:stop] = b"\xff" * (stop - start)
+    path.write_bytes(bytes(data))
+
+
+def _one_nan(directory: Path, chunk: Path) -> None:
+    path = chunk / "observations.npy"
+    array = np.load(path)
+    array[0, 3] = np.nan
+    np.save(path, array)
+
+
+def _scaled(directory: Path, chunk: Path) -> None:
+    """Finite garbage: the observations x1e6 in a valid .npy file."""
+    path = chunk / "observations.npy"
+    np.save(path, np.load(path) * np.float32(1e6))
+
+
+def _garbage_tail(directory: Path, chunk: Path) -> None:
+    path = chunk / "observations.npy"
+    data = bytearray(path.read_bytes())
+    data[-64:] = np.random.default_rng(0).bytes(64)
+    path.write_bytes(bytes(data))
+
+
+def _theta_missing(directory: Path, chunk: Path) -> None:
+    (chunk / "theta.npy").unlink()
+
+
+def _old_format_nan(directory: Path, chunk: Path) -> None:
+    """A dataset written before checksums were recorded, with a NaN in a shard."""
+    for marker in directory.glob("chunks/*/done.json"):
+        record = json.loads(marker.read_text())
+        record.pop("sha256", None)
+        marker.write_text(json.dumps(record))
+    _one_nan(directory, chunk)
+
+
+def _done_json(content: bytes) -> Callable[[Path, Path], None]:
+    return lambda directory, chunk: (chunk / "done.json").write_bytes(content)
+
+
+def _truncated_manifest(directory: Path, chunk: Path) -> None:
+    manifest = directory / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])
+
+
+Damage = Callable[[Path, Path], None]
+_CHUNK1 = r"chunk 1 of .* is damaged \({what}.*\): delete .*000001 and rerun"
+_MANIFEST = r"manifest.json is not a readable dataset manifest.*restore it"
+
+
+def _damaged_copy(ctx: Context, name: str, damage: Damage) -> Path:
     directory = ctx.dataset_copy(name)
+    damage(directory, directory / "chunks" / "000001")
+    return directory
+
+
+def _read_damaged(ctx: Context, name: str, damage: Damage, expect: str) -> tuple[str, str]:
+    """Open a damaged copy and read its parameters and observations, as training does."""
+    directory = _damaged_copy(ctx, name, damage)
     code = f"""
-        import json, numpy as np
-        from pathlib import Path
+        import numpy as np
         from sbi_twins.data import open_dataset
-        directory = Path({str(directory)!r})
-        chunk = directory / "chunks" / "000001"
-        {damage}
         def _case():
-            ds = open_dataset(directory)
+            ds = open_dataset({str(directory)!r})
             x = np.asarray(ds.observations[:])
             return {{"cells": len(ds), "finite": bool(np.isfinite(x).all()),
                      "parameters_finite": bool(np.isfinite(ds.parameters.to_numpy()).all())}}
@@ -261,43 +365,24 @@ def _damaged_shard(ctx: Context, name: str, damage: str, expect: str) -> tuple[s
     return judge_error(run, result, expect)
 
 
-_DAMAGES = {
-    "truncate": (
-        "p = chunk / 'observations.npy'; p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])"
-    ),
-    "header": (
-        "p = chunk / 'observations.npy'; b = bytearray(p.read_bytes()); "
-        "b[12:40] = b\"{'descr': <<garbage>>, 'sha\"; p.write_bytes(bytes(b))"
-    ),
-    "nan": "p = chunk / 'observations.npy'; a = np.load(p); a[0, 3] = np.nan; np.save(p, a)",
-    "garbage": (
-        "p = chunk / 'observations.npy'; b = bytearray(p.read_bytes()); "
-        "b[-64:] = np.random.default_rng(0).bytes(64); p.write_bytes(bytes(b))"
-    ),
-    "missing": "(chunk / 'theta.npy').unlink()",
-    "old_nan": (
-        "for m in directory.glob('chunks/*/done.json'):\n"
-        "            r = json.loads(m.read_text()); r.pop('sha256', None); "
-        "m.write_text(json.dumps(r))\n"
-        "        p = chunk / 'observations.npy'; a = np.load(p); a[0, 3] = np.nan; np.save(p, a)"
-    ),
-}
-_CHUNK1 = r"chunk 1 of .* is damaged \({what}.*\): delete .*000001 and rerun"
+def _train_damaged(ctx: Context, name: str, damage: Damage, expect: str) -> tuple[str, str]:
+    """`sbi-twins train` on a damaged copy: refused before anything is written."""
+    directory = _damaged_copy(ctx, name, damage)
+    out = ctx.work / f"{name}_estimator"
+    outcome, detail = judge_cli_error(ctx.cli(_train_args(directory, out)), expect)
+    if outcome == "clean error" and out.exists():
+        return "unhelpful error", f"{detail} (but {out.name} was written)"
+    return outcome, detail
 
 
-def _record_case(ctx: Context, name: str, write: str, expect: str) -> tuple[str, str]:
-    directory = ctx.dataset_copy(name)
-    code = f"""
-        from pathlib import Path
-        from sbi_twins.data import open_dataset
-        directory = Path({str(directory)!r})
-        {write}
-        def _case():
-            ds = open_dataset(directory)
-            return {{"cells": len(ds), "observations": list(ds.observations.shape)}}
-    """
-    run, result = api(ctx, code)
-    return judge_error(run, result, expect)
+def _resimulate_damaged(ctx: Context, name: str, damage: Damage, expect: str) -> tuple[str, str]:
+    """The damaged copy's own `sbi-twins simulate` command, run again."""
+    directory = _damaged_copy(ctx, name, damage)
+    return judge_cli_error(ctx.cli(ctx.reference_args[:-2] + ["--out", str(directory)]), expect)
+
+
+def _train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(dataset), "--out", str(out), "--max-epochs", "2", "--quiet", *extra]
 
 
 def d18(ctx: Context) -> tuple[str, str]:
@@ -507,23 +592,329 @@ def _survivors(pids: list[int], within_s: float) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _shard(name: str, damage: str, what: str) -> Callable[[Context], tuple[str, str]]:
-    expect = _CHUNK1.format(what=what)
-    return partial(_damaged_shard, name=name, damage=_DAMAGES[damage], expect=expect)
+# -------------------------------------------------------------------------------------------
+# Fitting recordings (F, C21, C22): one cell simulated by the bundled estimator, written the
+# way the issue describes each input, then `sbi-twins fit`
+# -------------------------------------------------------------------------------------------
+#: Seed of the simulated cell every fit case starts from.
+CELL_SEED = 5
+#: Posterior draws of each fit (what is judged is the observation and the messages).
+FIT_SAMPLES = "200"
+#: Largest relative RMS difference between the observation of a genuine 0.2 ms recording
+#: (resampled onto the 0.1 ms grid) and that of the same cell at 0.1 ms (measured: 0.03;
+#: another cell: 2.8, the recording shifted by 50 ms: 0.9).
+RESAMPLED_RTOL = 0.1
+
+_FIT_INPUTS = """
+import json
+import numpy as np
+import pandas as pd
+from pathlib import Path
+from sbi_twins import load_estimator
+work = Path({work!r})
+estimator = load_estimator("default")
+if "misspecification_reference" not in estimator.manifest:
+    # the reference fit() would simulate on first use (400 cells), computed once for all cases
+    reference = estimator.misspecification_reference()
+    estimator.manifest["misspecification_reference"] = reference.to_dict()
+estimator.save(work / "default.pt")
+cells, traces = estimator.simulate_cells(1, seed={seed})
+x = traces[0]
+np.save(work / "cell.npy", x)
+times = estimator.protocol.times(estimator.sample_interval_ms)
+# the table `sbi-twins demo` writes (example_cell.csv)
+table = pd.DataFrame(
+    {{"time_ms": times, "command_mV": estimator.protocol.voltage(times), "current_pA_pF": x}}
+)
+table.to_csv(work / "f10.csv", columns=["current_pA_pF"], index=False, header=False)
+table.to_csv(work / "f11.csv", index=False, sep=";")
+table.to_csv(work / "f12.csv", index=False, sep="\\t")
+table.assign(**{{"": ""}}).to_csv(work / "f13.csv", index=False)
+table.to_csv(work / "f14.csv", index=False, sep=";", decimal=",")
+np.save(work / "f05.npy", x[None, :])
+np.save(work / "f06.npy", x[:, None])
+(work / "f08.npy").write_bytes(b"")
+np.save(work / "f17.npy", x * 100)
+np.save(work / "f18.npy", x * 0.1)
+np.save(work / "f19.npy", np.zeros_like(x))
+np.save(work / "f20.npy", -x)
+np.save(work / "f21.npy", x * 1e40)
+np.save(work / "f22.npy", np.concatenate([x[500:], np.full(500, x[-1])]))  # started 50 ms late
+np.save(work / "f27.npy", x[::2])
+print(json.dumps({{"samples": int(x.size), "truth": cells.iloc[0].to_dict()}}))
+"""
 
 
-def _done(name: str, content: str, what: str) -> Callable[[Context], tuple[str, str]]:
-    write = f"(directory / 'chunks/000001/done.json').write_bytes({content})"
-    return partial(_record_case, name=name, write=write, expect=_CHUNK1.format(what=what))
+def _fit_setup(ctx: Context) -> Path:
+    """The inputs of the fit cases, and the observation of the clean cell (made once)."""
+    if "fit_error" in ctx.files:
+        raise RuntimeError(ctx.files["fit_error"])
+    if "clean_fit" in ctx.files:
+        return ctx.files["clean_fit"]
+    run = ctx.python(_FIT_INPUTS.format(work=str(ctx.work), seed=CELL_SEED), timeout=3600)
+    if run.returncode != 0:
+        ctx.files["fit_error"] = "could not make the fit inputs: " + _last_line(run.stderr)
+        raise RuntimeError(ctx.files["fit_error"])
+    clean = _fit(ctx, "clean", "cell.npy")
+    if clean.returncode != 0 or "warning" in clean.stderr:
+        ctx.files["fit_error"] = "the clean cell is not fitted cleanly: " + _last_line(clean.stderr)
+        raise RuntimeError(ctx.files["fit_error"])
+    ctx.files["clean_fit"] = ctx.work / "fit_clean"
+    return ctx.files["clean_fit"]
+
+
+def _fit(ctx: Context, name: str, recording: str, *extra: str) -> Run:
+    args = ["fit", str(ctx.work / recording), "--estimator", str(ctx.work / "default.pt")]
+    args += ["--samples", FIT_SAMPLES, "--out", str(ctx.work / f"fit_{name}"), *extra]
+    return ctx.cli(args, timeout=900)
+
+
+def _observation_gap(ctx: Context, name: str) -> float:
+    """Relative RMS difference between the case's observation and the clean cell's."""
+    clean = np.load(_fit_setup(ctx) / "observation.npy")
+    got = np.load(ctx.work / f"fit_{name}" / "observation.npy")
+    if got.shape != clean.shape:
+        return math.inf
+    return float(np.sqrt(np.mean((got - clean) ** 2) / np.mean(clean**2)))
+
+
+def _warnings(run: Run) -> list[str]:
+    return [line for line in run.stderr.splitlines() if ": warning: " in line]
+
+
+_FLAGGED = "unlike every cell the estimator was trained on"
+
+
+def _fit_case(
+    ctx: Context, name: str, recording: str, extra: tuple[str, ...] = (),
+    expect: str | None = None, flagged_ok: bool = False, rtol: float = 1e-6,
+) -> tuple[str, str]:  # fmt: skip
+    """Fit one input. ``expect``: the error it must end in (a regex); None: it must be fitted
+    as the clean cell is (observation within ``rtol``, not flagged). ``flagged_ok``: a fit
+    that warns it is unlike the training cells is right too (a recording the estimator was
+    never trained for must be refused or flagged, never fitted with confidence).
+    """
+    try:
+        _fit_setup(ctx)
+    except RuntimeError as error:
+        return "traceback", str(error)
+    run = _fit(ctx, name, recording, *extra)
+    warned = _warnings(run)
+    if run.returncode != 0 or "Traceback" in run.stderr:
+        return judge_cli_error(run, expect or "(?!)")
+    flagged = any(_FLAGGED in line for line in warned)
+    if flagged and flagged_ok:
+        return "right answer", "fitted and flagged: " + warned[-1]
+    gap = _observation_gap(ctx, name)
+    summary = _last_line(run.stdout)
+    if expect is None and gap <= rtol and not flagged:
+        note = f" (warned: {' / '.join(warned)})" if warned else ""
+        return "right answer", f"observation as the clean cell's (gap {gap:.2g}){note}"
+    what = f"fitted (observation {gap:.2g} off the clean cell's): {summary}"
+    if flagged:
+        return "only flagged", what + " / " + warned[-1]
+    return "silently wrong", what + (f" / {warned[-1]}" if warned else "")
+
+
+def _fitted(
+    name: str, recording: str, *extra: str, expect: str | None = None, flagged_ok: bool = False,
+    rtol: float = 1e-6,
+) -> Callable[[Context], tuple[str, str]]:  # fmt: skip
+    return partial(
+        _fit_case, name=name, recording=recording, extra=extra, expect=expect,
+        flagged_ok=flagged_ok, rtol=rtol,
+    )  # fmt: skip
+
+
+def _damaged_estimator(ctx: Context, name: str, write: str, expect: str) -> tuple[str, str]:
+    """`fit` with a damaged estimator file: ``write`` is "truncated", "random" or "dir"."""
+    try:
+        _fit_setup(ctx)
+    except RuntimeError as error:
+        return "traceback", str(error)
+    bundle = (ctx.work / "default.pt").read_bytes()
+    if write == "random":
+        target = ctx.work / f"{name}.pt"
+        target.write_bytes(np.random.default_rng(0).bytes(len(bundle)))
+    elif write == "truncated":
+        target = ctx.work / f"{name}.pt"
+        target.write_bytes(bundle[:3_000_000])
+    else:  # a trained directory whose estimator.pt is truncated
+        target = ctx.work / name
+        target.mkdir(exist_ok=True)
+        (target / "estimator.pt").write_bytes(bundle[:3_000_000])
+    args = ["fit", str(ctx.work / "cell.npy"), "--estimator", str(target), "--samples", "200"]
+    run = ctx.cli(args + ["--out", str(ctx.work / f"fit_{name}")])
+    return judge_cli_error(run, expect)
+
+
+def c21(ctx: Context) -> tuple[str, str]:
+    try:
+        _fit_setup(ctx)
+    except RuntimeError as error:
+        return "traceback", str(error)
+    args = ["fit", str(ctx.work / "cell.npy"), "--estimator", str(ctx.work / "default.pt")]
+    run = ctx.cli(args + ["--samples", "1", "--out", str(ctx.work / "fit_c21")], timeout=900)
+    outcome, detail = judge_cli_error(run, r"--samples.*>= ?\d")
+    if outcome == "silently wrong":
+        summary = ctx.work / "fit_c21" / "summary.csv"
+        rows = summary.read_text().splitlines()[1:] if summary.exists() else []
+        empty = sum(cell in ("", "nan", "NaN") for row in rows for cell in row.split(",")[1:])
+        detail += f" ({empty} NaN cells in summary.csv)" if empty else ""
+    return outcome, detail
+
+
+def c22(ctx: Context) -> tuple[str, str]:
+    out = ctx.work / "demo_c22"
+    run = ctx.cli(["demo", "--twins", "0", "--samples", "200", "--out", str(out)], timeout=900)
+    outcome, detail = judge_cli_error(run, r"--twins.*>= 1")
+    if outcome == "clean error" and (out / "example_cell.csv").exists():
+        return "unhelpful error", detail + " (after writing example_cell.csv)"
+    return outcome, detail
+
+
+# -------------------------------------------------------------------------------------------
+# Training (T, C14, C15, C19): a finished 2-epoch run on the reference dataset, copied and
+# damaged; datasets of another protocol and of 2 cells
+# -------------------------------------------------------------------------------------------
+def _train_setup(ctx: Context) -> Path:
+    """The finished training run the T cases start from (made once)."""
+    if "train_error" in ctx.files:
+        raise RuntimeError(ctx.files["train_error"])
+    if "trained" in ctx.files:
+        return ctx.files["trained"]
+    trained = ctx.work / "trained"
+    run = ctx.cli(_train_args(ctx.files["reference"], trained), timeout=1800)
+    if run.returncode != 0:
+        ctx.files["train_error"] = "could not train on the reference dataset: " + _last_line(
+            run.stderr
+        )
+        raise RuntimeError(ctx.files["train_error"])
+    ctx.files["trained"] = trained
+    return trained
+
+
+def _run_copy(ctx: Context, name: str) -> Path:
+    target = ctx.work / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(_train_setup(ctx), target)
+    return target
+
+
+def _dataset(ctx: Context, name: str, n: int, protocol: str) -> Path:
+    """A dataset made like the reference one, with another size or protocol (made once)."""
+    out = ctx.work / name
+    if not (out / "size.json").exists():
+        args = ctx.reference_args[:-2] + ["--out", str(out)]
+        args[args.index("-n") + 1] = str(n)
+        args[args.index("--protocol") + 1] = str(ctx.files[protocol])
+        run = ctx.cli(args, timeout=600)
+        if run.returncode != 0:
+            raise RuntimeError(f"could not make dataset {name}: " + _last_line(run.stderr))
+    return out
+
+
+def _damaged_checkpoint(ctx: Context, name: str, file: str, damage: str) -> tuple[str, str]:
+    """Rerun a finished run whose checkpoint ``file`` is truncated or random bytes."""
+    try:
+        run_dir = _run_copy(ctx, name)
+    except RuntimeError as error:
+        return "traceback", str(error)
+    path = run_dir / file
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: min(1_000_000, len(data) // 2)])
+    else:
+        path.write_bytes(np.random.default_rng(1).bytes(len(data)))
+    run = ctx.cli(_train_args(ctx.files["reference"], run_dir), timeout=1800)
+    if run.returncode == 0 and "Traceback" not in run.stderr:
+        warned = _warnings(run)
+        if any(file in line for line in warned):  # healed: the stage retrained, and said so
+            return "right answer", warned[0]
+        return "silently wrong", "finished without a word on the damaged checkpoint"
+    return judge_cli_error(run, rf"{re.escape(file)}.*damaged.*(delete|remove)")
+
+
+def t06(ctx: Context) -> tuple[str, str]:
+    try:
+        two = _dataset(ctx, "two_cells", 2, "short")
+    except RuntimeError as error:
+        return "traceback", str(error)
+    run = ctx.cli(_train_args(two, ctx.work / "t06"), timeout=1800)
+    return judge_cli_error(run, r"2 cells.*(at least|needs?|more)")
+
+
+def t09(ctx: Context) -> tuple[str, str]:
+    """Train another protocol's dataset into a finished run's directory without checkpoints."""
+    try:
+        run_dir = _run_copy(ctx, "t09")
+        other = _dataset(ctx, "other_protocol", 12, "other")
+    except RuntimeError as error:
+        return "traceback", str(error)
+    for path in [*run_dir.glob("*checkpoint*"), run_dir / "checkpoint.identity"]:
+        path.unlink(missing_ok=True)
+    before = (run_dir / "estimator.pt").read_bytes()
+    run = ctx.cli(_train_args(other, run_dir), timeout=1800)
+    lost = (run_dir / "estimator.pt").read_bytes() != before
+    if lost:
+        return "silently wrong", f"DATA LOST: estimator.pt replaced ({_last_line(run.stdout)})"
+    return judge_cli_error(run, r"t09.*(estimator|trained|another|not empty)")
+
+
+def t10(ctx: Context) -> tuple[str, str]:
+    directory = ctx.dataset_copy("t10")
+    before = (directory / "manifest.json").read_bytes()
+    run = ctx.cli(_train_args(directory, directory))
+    if (directory / "manifest.json").read_bytes() != before:
+        return "silently wrong", "DATA LOST: the dataset's manifest.json was overwritten"
+    return judge_cli_error(run, r"--out .*t10 is a dataset directory")
+
+
+def _train_option(ctx: Context, name: str, option: str, value: str, expect: str):
+    out = ctx.work / name
+    run = ctx.cli(_train_args(ctx.files["reference"], out, option, value))
+    outcome, detail = judge_cli_error(run, expect)
+    if outcome == "clean error" and out.exists():
+        return "unhelpful error", f"{detail} (but {out.name} was written)"
+    return outcome, detail
 
 
 def _leak(name: str, old: str, new: str, expect: str) -> Callable[[Context], tuple[str, str]]:
     return lambda ctx: _model_file_case(ctx, _leak_with(ctx, name, old, new), expect)
 
 
-_TRUNCATED_MANIFEST = "m = directory / 'manifest.json'; m.write_text(m.read_text()[:300])"
+def _read(name: str, damage: Damage, what: str) -> Callable[[Context], tuple[str, str]]:
+    return partial(_read_damaged, name=name, damage=damage, expect=_CHUNK1.format(what=what))
+
+
+def _train_on(name: str, damage: Damage, expect: str) -> Callable[[Context], tuple[str, str]]:
+    return partial(_train_damaged, name=name, damage=damage, expect=expect)
+
+
+def _no_cell_read(name: str, damage: Damage, what: str) -> Callable[[Context], tuple[str, str]]:
+    """Open a damaged copy (its records are read, no shard)."""
+    code = """
+        from sbi_twins.data import open_dataset
+        def _case():
+            ds = open_dataset({directory!r})
+            return {{"cells": len(ds), "observations": list(ds.observations.shape)}}
+    """
+
+    def run(ctx: Context) -> tuple[str, str]:
+        directory = _damaged_copy(ctx, name, damage)
+        result = api(ctx, code.format(directory=str(directory)))
+        return judge_error(*result, what)
+
+    return run
+
+
+#: The error of a fit refused as implausible, with the way to fit it anyway.
+_REFUSED = r"not one the estimator can fit: .*{what}.*--no-plausibility-check"
+#: What a damaged estimator file's error must say: its name, and how to get a good one.
+_BAD_BUNDLE = r"{file}.*damaged.*(copy|download|reinstall|retrain|restore|replace)"
 
 CASES = [
+    # --- data layer: generating and reading datasets --------------------------------------
     Case("D04", "kill -9 the main process of a 2-worker `simulate`",
          partial(_process_case, name="d04", kill="kill")),
     Case("D05", "Ctrl-C (SIGINT to the group) during a 2-worker `simulate`, then rerun",
@@ -532,29 +923,55 @@ CASES = [
     Case("D06b", "`simulate --no-viability` with a step to +200 mV (every cell fails)", d06b),
     Case("D07", "`simulate` with a prior under which no cell beats", d07),
     Case("D10", "truncated observations.npy, then read as training does",
-         _shard("d10", "truncate", "observations.npy: truncated")),
-    Case("D11", "damaged .npy header of observations.npy",
-         _shard("d11", "header", "observations.npy: damaged .npy header")),
-    Case("D12", "NaN written into observations.npy (a valid .npy file)",
-         _shard("d12", "nan", "observations.npy: checksum mismatch")),
-    Case("D14", "random bytes over the end of observations.npy",
-         _shard("d14", "garbage", "observations.npy: checksum mismatch")),
-    Case("D15", "theta.npy of a chunk deleted", _shard("d15", "missing", "theta.npy is missing")),
-    Case("D16", "NaN in observations of a dataset without checksums (old format)",
-         _shard("d16", "old_nan", "observations.npy: NaN or infinite")),
+         _read("d10", _truncate, "observations.npy: truncated")),
+    Case("D11", "truncated observations.npy, then `train`",
+         _train_on("d11", _truncate, _CHUNK1.format(what="observations.npy: truncated"))),
+    Case("D12", "0xFF over the observation data (NaN floats), header intact: read",
+         _read("d12", _ff_over_data, "observations.npy: checksum mismatch")),
+    Case("D12b", "one NaN written into observations.npy (a valid .npy file): read",
+         _read("d12b", _one_nan, "observations.npy: checksum mismatch")),
+    Case("D12c", "NaN in observations of a dataset without checksums (old format): read",
+         _read("d12c", _old_format_nan, "observations.npy: NaN or infinite")),
+    Case("D13", "0xFF over the observation data (NaN floats), then `train`",
+         _train_on("d13", _ff_over_data, _CHUNK1.format(what="observations.npy: checksum"))),
+    Case("D14", "observations x1e6 (finite garbage, a valid .npy file), then `train`",
+         _train_on("d14", _scaled, _CHUNK1.format(what="observations.npy: checksum"))),
+    Case("D14b", "random bytes over the end of observations.npy: read",
+         _read("d14b", _garbage_tail, "observations.npy: checksum mismatch")),
+    Case("D15", "first 16 bytes of theta.npy zeroed: read",
+         _read("d15", _zero_theta_header, "theta.npy: damaged .npy header")),
+    Case("D15b", "damaged .npy header of observations.npy: read",
+         _read("d15b", _break_header, "observations.npy: damaged .npy header")),
+    Case("D15c", "theta.npy of a chunk deleted: read",
+         _read("d15c", _theta_missing, "theta.npy is missing")),
+    Case("D16", "first 16 bytes of theta.npy zeroed, then `train`",
+         _train_on("d16", _zero_theta_header,
+                   _CHUNK1.format(what="theta.npy: damaged .npy header"))),
     Case("D18", "a chunk directory without done.json, then the same `simulate` again", d18),
-    Case("D19", "done.json is not JSON",
-         _done("d19", "b'{garbage'", "done.json is not readable JSON")),
-    Case("D20", "done.json holds binary bytes",
-         _done("d20", "bytes(range(256))", "done.json is not readable JSON")),
-    Case("D21", "done.json is a JSON list",
-         _done("d21", "b'[1, 2]'", "done.json is not a JSON object")),
-    Case("D22", "done.json lacks its counts",
-         _done("d22", "b'{\"chunk\": 1}'", "done.json has no count")),
-    Case("D23", "manifest.json truncated",
-         partial(_record_case, name="d23", write=_TRUNCATED_MANIFEST,
-                 expect=r"manifest.json is not a readable dataset manifest.*restore it")),
+    Case("D19", "done.json is not JSON: read",
+         _no_cell_read("d19", _done_json(b"{garbage"),
+                       _CHUNK1.format(what="done.json is not readable JSON"))),
+    Case("D19b", "done.json holds binary bytes: read",
+         _no_cell_read("d19b", _done_json(bytes(range(256))),
+                       _CHUNK1.format(what="done.json is not readable JSON"))),
+    Case("D19c", "done.json is a JSON list: read",
+         _no_cell_read("d19c", _done_json(b"[1, 2]"),
+                       _CHUNK1.format(what="done.json is not a JSON object"))),
+    Case("D19d", "done.json lacks its counts: read",
+         _no_cell_read("d19d", _done_json(b'{"chunk": 1}'),
+                       _CHUNK1.format(what="done.json has no count"))),
+    Case("D20", "done.json is not JSON, then the same `simulate` again",
+         partial(_resimulate_damaged, name="d20", damage=_done_json(b"garbage"),
+                 expect=_CHUNK1.format(what="done.json is not readable JSON"))),
+    Case("D21", "manifest.json truncated, then the same `simulate` again",
+         partial(_resimulate_damaged, name="d21", damage=_truncated_manifest,
+                 expect=_MANIFEST)),
+    Case("D22", "manifest.json truncated: read",
+         _no_cell_read("d22", _truncated_manifest, _MANIFEST)),
+    Case("D23", "manifest.json truncated, then `train`",
+         _train_on("d23", _truncated_manifest, _MANIFEST)),
     Case("C24", "`simulate --chunk-size 100000000`", c24),
+    # --- engine layer: protocols, model files, kernel cache --------------------------------
     Case("P12", "protocol file with a step to 1e6 mV, loaded and simulated", p12),
     Case("P13", "protocol with a step to +200 mV: every cell fails", p13),
     Case("P26", "protocol 1e10 ms long, simulated at 0.1 ms", p26),
@@ -575,6 +992,78 @@ CASES = [
          partial(_cache_case, name="k01", damage=_truncate_kernel)),
     Case("K02", "Numba .nbi/.nbc files overwritten with random bytes",
          partial(_cache_case, name="k02", damage=_scramble_compiled)),
+    # --- inference layer: training ---------------------------------------------------------
+    Case("T03", "`train` rerun on a run whose summary_checkpoint.pt is truncated",
+         partial(_damaged_checkpoint, name="t03", file="summary_checkpoint.pt",
+                 damage="truncate")),
+    Case("T04", "`train` rerun on a run whose flow_checkpoint.pt is random bytes",
+         partial(_damaged_checkpoint, name="t04", file="flow_checkpoint.pt", damage="random")),
+    Case("T06", "`train` on a dataset of 2 cells", t06),
+    Case("T09", "`train` another protocol's dataset into a finished run without checkpoints",
+         t09),
+    Case("T10", "`train DATASET --out DATASET`", t10),
+    Case("C14", "`train --max-epochs 0`",
+         partial(_train_option, name="c14", option="--max-epochs", value="0",
+                 expect=r"max[-_]epochs.*>= 1")),
+    Case("C15", "`train --batch-size 0`",
+         partial(_train_option, name="c15", option="--batch-size", value="0",
+                 expect=r"batch[-_]size.*>= 1")),
+    Case("C19", "`train --device tpu`",
+         partial(_train_option, name="c19", option="--device", value="tpu",
+                 expect=r"device must be 'cpu' or 'cuda'.*'tpu'")),
+    # --- inference layer: fitting recordings (a cell simulated by the bundled estimator) ---
+    Case("F05", "`fit` a (1, T) .npy trace", _fitted("f05", "f05.npy")),
+    Case("F06", "`fit` a (T, 1) column .npy trace", _fitted("f06", "f06.npy")),
+    Case("F08", "`fit` a zero-byte .npy file",
+         _fitted("f08", "f08.npy", expect=r"f08.npy is empty.*numpy.save")),
+    Case("F10", "`fit` a single-column CSV without header",
+         _fitted("f10", "f10.csv",
+                 expect=r"f10.csv: line 1 is data, not a header.*--unit.*--sample-interval")),
+    Case("F10b", "`fit` the headerless CSV with --unit pA/pF --sample-interval 0.1",
+         _fitted("f10b", "f10.csv", "--unit", "pA/pF", "--sample-interval", "0.1")),
+    Case("F11", "`fit` a CSV with ';' separators", _fitted("f11", "f11.csv")),
+    Case("F12", "`fit` a tab-separated file named .csv", _fitted("f12", "f12.csv")),
+    Case("F13", "`fit` a CSV with an empty trailing column", _fitted("f13", "f13.csv")),
+    Case("F14", "`fit` a CSV with ';' and decimal commas (European locale)",
+         _fitted("f14", "f14.csv")),
+    Case("F17", "`fit` a trace in pA instead of pA/pF (x100)",
+         _fitted("f17", "f17.npy", expect=_REFUSED.format(what="pA rather than pA/pF"))),
+    Case("F18", "`fit` a trace in nA of a 100 pF cell (x0.1)",
+         _fitted("f18", "f18.npy", expect=_REFUSED.format(what="in nA"), flagged_ok=True)),
+    Case("F19", "`fit` an all-zero trace",
+         _fitted("f19", "f19.npy", expect=_REFUSED.format(what="flat"))),
+    Case("F20", "`fit` a sign-flipped trace",
+         _fitted("f20", "f20.npy", expect=_REFUSED.format(what="sign convention flipped"))),
+    Case("F21", "`fit` a trace x1e40 (float32 overflow)",
+         _fitted("f21", "f21.npy",
+                 expect=r"not one the estimator can fit: (?!.*\binf).*--no-plausibility")),
+    Case("F22", "`fit` a trace shifted by 50 ms (recording started late)",
+         _fitted("f22", "f22.npy", expect=_REFUSED.format(what=""), flagged_ok=True)),
+    Case("F24", "`fit` a 0.1 ms trace with a wrong --sample-interval 0.2",
+         _fitted("f24", "cell.npy", "--sample-interval", "0.2",
+                 expect=r"(--sample-interval|sample_interval_ms|sample interval).*0\.2")),
+    Case("F27", "`fit` a genuine 0.2 ms trace with --sample-interval 0.2",
+         _fitted("f27", "f27.npy", "--sample-interval", "0.2", rtol=RESAMPLED_RTOL)),
+    Case("F28", "`fit --sample-interval 0`",
+         _fitted("f28", "cell.npy", "--sample-interval", "0",
+                 expect=r"(--sample-interval|sample_interval_ms).*(> ?0|positive)")),
+    Case("F29", "`fit --sample-interval -0.1`",
+         _fitted("f29", "cell.npy", "--sample-interval", "-0.1",
+                 expect=r"(--sample-interval|sample_interval_ms).*(> ?0|positive)")),
+    Case("F30", "`fit --sample-interval nan`",
+         _fitted("f30", "cell.npy", "--sample-interval", "nan",
+                 expect=r"(--sample-interval|sample_interval_ms).*(finite|nan)")),
+    Case("F33", "`fit` with an estimator file truncated to 3 MB",
+         partial(_damaged_estimator, name="f33", write="truncated",
+                 expect=_BAD_BUNDLE.format(file="f33.pt"))),
+    Case("F34", "`fit` with an estimator file of random bytes",
+         partial(_damaged_estimator, name="f34", write="random",
+                 expect=_BAD_BUNDLE.format(file="f34.pt"))),
+    Case("F40", "`fit` with a trained directory whose estimator.pt is truncated",
+         partial(_damaged_estimator, name="f40", write="dir",
+                 expect=_BAD_BUNDLE.format(file="f40/estimator.pt"))),
+    Case("C21", "`fit --samples 1`", c21),
+    Case("C22", "`demo --twins 0 --samples 200`", c22),
 ]  # fmt: skip
 
 
@@ -587,6 +1076,7 @@ def prepare(ctx: Context, log: _common.Log) -> None:
         "short": SHORT_PROTOCOL.format(step_mV=-10),
         "hot": SHORT_PROTOCOL.format(step_mV=200),
         "wild": SHORT_PROTOCOL.format(step_mV=1e6),
+        "other": SHORT_PROTOCOL.format(step_mV=0).replace("short_steps", "other_steps"),
         "quiet": QUIET_PRIOR,
     }.items():
         ctx.files[name] = ctx.work / f"{name}.toml"
@@ -730,7 +1220,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare(ctx, log)
         rows = []
         for case in CASES:
-            if wanted and case.id not in wanted:
+            if wanted and not any(case.id == w or case.id.startswith(w) for w in wanted):
                 continue
             start = time.perf_counter()
             outcome, detail = case.run(ctx)

@@ -12,6 +12,10 @@ Usage::
 
     python benchmarks/flow_ensemble.py --dataset data/pm40_clark2022_200k --flows 2 \\
         --cells 100000 --max-epochs 30 --work data/flow_ensemble
+    # or the flows in parallel, one per core, then the mixtures:
+    python benchmarks/flow_ensemble.py ... --only-flow 1 &
+    python benchmarks/flow_ensemble.py ... --only-flow 2; wait
+    python benchmarks/flow_ensemble.py ...
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ def main(argv=None) -> None:
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--eval-cells", type=int, default=300, help="fresh cells checked")
     ap.add_argument("--draws", type=int, default=1000, help="posterior draws per cell")
+    ap.add_argument(
+        "--only-flow",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train flow K alone on one thread and stop (run one per core, then without it)",
+    )
+    ap.add_argument(
+        "--evaluate",
+        choices=("all", "last", "none"),
+        default="all",
+        help="check every mixture (1, 2, ... flows), only the largest, or none (bundles only)",
+    )
     ap.add_argument("--work", type=Path, required=True, help="checkpoints and bundles")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
@@ -50,7 +67,7 @@ def main(argv=None) -> None:
     from sbi_twins import TrainingConfig, diagnose, load_estimator, open_dataset
     from sbi_twins.inference.bundle import BUNDLE_FORMAT, write_bundle
     from sbi_twins.inference.networks import PosteriorNetwork
-    from sbi_twins.inference.npe import train_flow
+    from sbi_twins.inference.npe import train_flow, write_training_log
     from sbi_twins.inference.rows import StreamingData, SummarisedData
 
     base = load_estimator(args.estimator)
@@ -63,16 +80,21 @@ def main(argv=None) -> None:
     log(f"{base}; summarising {data.n_train + data.n_validation} cells of {dataset}")
     summarised = SummarisedData(data, summary)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.only_flow is not None:
+        import torch
+
+        torch.set_num_threads(1)
+        _, stage = train_flow(args.only_flow, summarised, config, args.work, "cpu", True)
+        log(f"flow {args.only_flow}: best validation loss {stage['best_validation_loss']:.3f}")
+        return
     flows, losses = [base._network.flows[0]], [base.manifest["validation"]["best_loss"]]
     for k in range(1, args.flows + 1):
         flow, stage = train_flow(k, summarised, config, args.work, "cpu", True)
+        write_training_log(args.work / f"flow{k}_training_log.csv", {f"flow{k}": stage})
         flows.append(flow)
         losses.append(stage["best_validation_loss"])
         log(f"flow {k}: best validation loss {losses[-1]:.3f} after {stage['epochs']} epochs")
 
-    cells = base.simulate_cells(args.eval_cells, seed=SEED)
-    log(f"simulated {args.eval_cells} fresh cells (seed {SEED})")
-    rows = []
     for m in range(1, len(flows) + 1):
         directory = args.work / f"ensemble_{m}"
         directory.mkdir(exist_ok=True)
@@ -80,9 +102,22 @@ def main(argv=None) -> None:
         manifest["format"] = BUNDLE_FORMAT
         manifest["training"]["n_flows"] = m
         manifest["validation"]["flow_best_losses"] = losses[:m]
+        manifest["ensemble"] = {
+            "base": str(base.path),
+            "added_flows_trained_on_cells": data.n_train + data.n_validation,
+            "added_flows_max_epochs": args.max_epochs,
+        }
         network = PosteriorNetwork(summary, flows[:m])
         write_bundle(directory / "estimator.pt", network.state_dict(), manifest)
-        estimator = load_estimator(directory)
+    log(f"wrote the mixtures of 1 to {len(flows)} flows to {args.work}/ensemble_*")
+    if args.evaluate == "none":
+        return
+    cells = base.simulate_cells(args.eval_cells, seed=SEED)
+    log(f"simulated {args.eval_cells} fresh cells (seed {SEED})")
+    rows = []
+    sizes = range(1, len(flows) + 1) if args.evaluate == "all" else [len(flows)]
+    for m in sizes:
+        estimator = load_estimator(args.work / f"ensemble_{m}")
         diag = diagnose(estimator, args.eval_cells, seed=SEED, cells=cells, n_draws=args.draws)
         truth = cells[0][list(estimator.names)].to_numpy()[: diag.n_cells]
         observations = estimator.reduce(cells[1][: diag.n_cells])

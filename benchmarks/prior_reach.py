@@ -1,5 +1,5 @@
-"""Can the ±40 % Kernik 2019 prior reach real iPSC-CMs? Spontaneous AP features of real cells
-against those of the prior's beating cells.
+"""Can the ±40 % Kernik 2019 prior reach real iPSC-CMs, and does the prior shipped for real
+cells? Spontaneous AP features of real cells against those of each prior's beating cells.
 
 Real cells: the spontaneous current-clamp recordings (``Pre-drug_spont``, 10 s at I = 0, before
 any drug) of Clark et al. 2023 (Europace; data: GitHub Christini-Lab/iPSC-leak-artifact,
@@ -19,7 +19,8 @@ the four features standardised by the population's standard deviations, against 
 distance from each prior cell to its nearest other prior cell (the population's own spacing).
 A real cell the prior reaches sits as close to the population as its members sit to each other.
 
-Variants (``--baseline-only`` skips them), each measured the same way:
+Variants (``--variants`` picks some, ``--baseline-only`` skips them all), each measured the
+same way:
 
 * *seal leak*: the same draws with a seal leak in current clamp (Clark et al. 2023):
   ``I_leak = (V - E_leak) / (R_seal Cm)`` added to the model's ionic current, with
@@ -28,21 +29,30 @@ Variants (``--baseline-only`` skips them), each measured the same way:
   temporary folder (the kernel compiles once, about a minute).
 * *wide K⁺*: the prior with the conductances of IK1, IKr and IKs (and Ito, fixed in the prior)
   log-uniform from ×1/4 to ×4 instead of ±40 %: more repolarising current shortens the AP.
-* *fast repolarisation*: the prior with the IKr conductance log-uniform from ×1 to ×8 and the
-  time-constant offset of ICaL inactivation (``ical.tau_f_const``) ×0.2 to ×1: the two changes
-  that shorten the Kernik AP most (one at a time, ×4 g_Kr takes the baseline APD90 from 413 to
-  217 ms, ×0.5 tau_f_const to 293 ms; ×4 g_K1 silences the cell).
+* *fast repolarisation*: the shipped prior ``priors/kernik2019_real.toml``, loaded by name: the
+  ±40 % prior with the IKr conductance log-uniform from ×1 to ×8 and the time-constant offset of
+  ICaL inactivation (``ical.tau_f_const``) ×0.2 to ×1, the two changes that shorten the Kernik
+  AP most (one at a time, ×4 g_Kr takes the baseline APD90 from 413 to 217 ms, ×0.5
+  tau_f_const to 293 ms; ×4 g_K1 silences the cell). Its other difference, a wider
+  access-resistance range, does not act in current clamp. The differences from the ±40 % prior
+  are read from the two files and written to the results.
+
+The baseline population is always simulated: its standard deviations are the distance scale of
+every population.
 
 Usage::
 
     python benchmarks/prior_reach.py                          # 1000 draws, the 2 shared cells
     python benchmarks/prior_reach.py --cells-dir /tmp/clark_cells   # + more cells (below)
     python benchmarks/prior_reach.py --quick                  # 100 draws
+    python benchmarks/prior_reach.py --cells-dir /tmp/clark_cells --variants real
+                                                     # baseline + kernik2019_real only
 
-``--cells-dir DIR`` adds every ``DIR/<cell>/Pre-drug_spont.csv`` (or ``.csv.gz``). To get the 29
-of the dataset: ``fetch`` GitHub Christini-Lab/iPSC-leak-artifact and copy each
+``--cells-dir DIR`` adds every ``DIR/<cell>/Pre-drug_spont.csv`` (or ``.csv.gz``). To get the
+dataset's: ``fetch`` GitHub Christini-Lab/iPSC-leak-artifact and copy each
 ``data/cells/<cell>/Pre-drug_spont.csv`` there (``git show HEAD:<path> > DIR/<cell>/...``);
-they are not copied into this repository.
+they are not copied into this repository. ``data/cells`` lists 37 cells at commit 098c4cd; the
+stored snapshot fetched for this benchmark held the recordings of 29 of them (8 files absent).
 """
 
 from __future__ import annotations
@@ -64,6 +74,8 @@ from _common import finite_or_none as _f  # noqa: E402
 DEFAULT_OUT = HERE / "results" / "prior_reach.json"
 SHARED_CELLS = Path("/work/shared/data/clark_ipsc/cells")
 PRIOR = "kernik2019_pm40"
+#: The prior shipped for real cells (the "fast repolarisation" population).
+REAL_PRIOR = "kernik2019_real"
 FEATURES = ("CL", "APD90", "MDP", "peak")
 UNITS = {"CL": "ms", "APD90": "ms", "MDP": "mV", "peak": "mV"}
 QUANTILES = (0.01, 0.99)
@@ -77,9 +89,11 @@ CM_PF = (25.0, 75.0)
 WIDE_K = {
     name: ("log_uniform", 0.25, 4.0) for name in ("ik1.g_K1", "ikr.g_Kr", "iks.g_Ks", "ito.g_to")
 }
-FAST_REPOLARISATION = {
-    "ikr.g_Kr": ("log_uniform", 1.0, 8.0),
-    "ical.tau_f_const": ("uniform", 0.2, 1.0),
+#: ``--variants`` keys and their labels in the results.
+VARIANTS = {
+    "seal": "+ seal leak",
+    "wide-k": "wide K⁺",
+    "real": f"fast repolarisation ({REAL_PRIOR})",
 }
 E_LEAK_MV = 0.0
 
@@ -159,6 +173,17 @@ def changed_prior(folder: Path, name: str, changes: dict[str, tuple[str, float, 
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+def prior_differences(base, other) -> dict:
+    """Parameters whose prior differs between two loaded priors: name -> both definitions."""
+    entries = [{p["name"]: p for p in prior.to_dict()["parameters"]} for prior in (base, other)]
+    names = list(dict.fromkeys([*entries[0], *entries[1]]))
+    return {
+        name: {PRIOR: entries[0].get(name), REAL_PRIOR: entries[1].get(name)}
+        for name in names
+        if entries[0].get(name) != entries[1].get(name)
+    }
 
 
 def seal_parameters(n: int, seed: int) -> pd.DataFrame:
@@ -269,7 +294,8 @@ def markdown(res: dict) -> str:
     lines = [
         f"Real cells: {res['n_recordings']} spontaneous recordings (`Pre-drug_spont`), "
         f"{res['n_beating_real']} beating (>= 3 complete beats); prior: {base['n_draws']} draws "
-        f"of `{PRIOR}`, features of the last {WINDOW_MS / 1e3:g} s after {SETTLE_MS / 1e3:g} s.",
+        f"of `{PRIOR}` (and of `{REAL_PRIOR}` for its population), features of the last "
+        f"{WINDOW_MS / 1e3:g} s after {SETTLE_MS / 1e3:g} s.",
         "",
         "| population | beating draws | "
         + " | ".join(f"{n} 1-99 % ({UNITS[n]})" for n in FEATURES)
@@ -331,6 +357,14 @@ def main(argv: list[str] | None = None) -> None:
             default=[],
             help="folder of <cell>/Pre-drug_spont.csv[.gz] (repeatable)",
         )
+        ap.add_argument(
+            "--variants",
+            nargs="+",
+            choices=list(VARIANTS),
+            default=list(VARIANTS),
+            help="variants to measure besides the baseline (default: all): seal = seal leak "
+            f"(compiles a model, about a minute), wide-k = wide K+, real = {REAL_PRIOR}",
+        )
         ap.add_argument("--baseline-only", action="store_true", help="skip the variants")
 
     args, n_draws, _ = _common.parse_args(
@@ -356,21 +390,26 @@ def main(argv: list[str] | None = None) -> None:
     baseline = simulate_population(kernik, theta, log)
     variants = {"prior ±40 %": reach(real, baseline)}
     scale = baseline.loc[baseline["beating"], list(FEATURES)].std()
-    if not args.baseline_only:
-        seal = seal_parameters(n_draws, args.seed + 1)[["seal.g_seal", "seal.E_seal"]]
-        with tempfile.TemporaryDirectory() as folder:
-            leaky = load_model(seal_model_file(Path(folder)))
-            log("seal leak (the modified model compiles once)")
-            population = simulate_population(leaky, pd.concat([theta, seal], axis=1), log)
-            variants["+ seal leak"] = reach(real, population, scale)
-            for label, changes in (
-                ("wide K⁺", WIDE_K),
-                ("fast repolarisation", FAST_REPOLARISATION),
-            ):
-                prior = load_prior(changed_prior(Path(folder), "changed", changes))
-                log(label)
-                population = simulate_population(kernik, prior.sample(n_draws, seed=args.seed), log)
-                variants[label] = reach(real, population, scale)
+    chosen = [] if args.baseline_only else [k for k in VARIANTS if k in args.variants]
+    real_prior = load_prior(REAL_PRIOR)
+    with tempfile.TemporaryDirectory() as folder:
+        for key in chosen:
+            log(VARIANTS[key])
+            if key == "seal":
+                seal = seal_parameters(n_draws, args.seed + 1)[["seal.g_seal", "seal.E_seal"]]
+                log("  the modified model compiles once")
+                model = load_model(seal_model_file(Path(folder)))
+                draws = pd.concat([theta, seal], axis=1)
+            else:
+                prior = (
+                    real_prior
+                    if key == "real"
+                    else load_prior(changed_prior(Path(folder), "changed", WIDE_K))
+                )
+                model = kernik
+                draws = prior.sample(n_draws, seed=args.seed)
+            population = simulate_population(model, draws, log)
+            variants[VARIANTS[key]] = reach(real, population, scale)
     res = {
         "prior": PRIOR,
         "settle_ms": SETTLE_MS,
@@ -378,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         "sample_interval_ms": SAMPLE_MS,
         "seal": {"r_seal_GOhm": SEAL_GOHM, "cm_pF": CM_PF, "e_leak_mV": E_LEAK_MV},
         "wide_k": WIDE_K,
-        "fast_repolarisation": FAST_REPOLARISATION,
+        "real_prior": {
+            "name": REAL_PRIOR,
+            "file": f"priors/{Path(real_prior.source).name}",
+            "hash": real_prior.content_hash(),
+            "differences_from_" + PRIOR: prior_differences(load_prior(PRIOR), real_prior),
+        },
         "seed": args.seed,
         "n_recordings": len(real),
         "n_beating_real": int(real["beating"].sum()),

@@ -6,13 +6,18 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from . import _resources
 from ._util import atomic_write_json, atomic_write_text, package_version
+
+if TYPE_CHECKING:  # annotations only
+    from .recording import Recording
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,6 +28,16 @@ def _demo(args: argparse.Namespace) -> int:
     from .report import plot_demo
     from .twins import simulate_twins
 
+    # checked before anything is simulated or written
+    for option, value, minimum, what in (
+        ("--samples", args.samples, 2, "posterior draws"),
+        ("--twins", args.twins, 1, "twins simulated for the figure"),
+        ("--seed", args.seed, 0, "the example cell's seed"),
+    ):
+        if value < minimum:
+            raise ValueError(f"{option} ({what}) must be an integer >= {minimum}, got {value}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give the folder to write the results to")
     estimator = load_estimator(args.estimator)
     print(estimator)
     cells, traces = estimator.simulate_cells(1, seed=args.seed)
@@ -129,16 +144,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """Temper an estimator's flows so that its joint posterior is calibrated on fresh cells."""
+    from .diagnostics import calibrate_temperature
+    from .inference import load_estimator
+
+    estimator = load_estimator(args.estimator)
+    out = Path(args.out)
+    if out.suffix != ".pt" or out.is_dir():
+        raise ValueError(f"--out {out} must name the estimator file to write (FILE.pt)")
+    print(f"{estimator}: tempering on {args.cells} fresh cells (seed {args.seed})")
+    fit = calibrate_temperature(
+        estimator, args.cells, args.seed, args.draws, progress=not args.quiet
+    )
+    print(fit.trials.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    tempered = estimator.tempered(fit.temperature, note=fit.note)
+    if "misspecification_reference" not in tempered.manifest:  # kept with the bundle
+        reference = tempered.misspecification_reference(n_cells=args.reference_cells)
+        tempered.manifest["misspecification_reference"] = reference.to_dict()
+    tempered.save(out)
+    print(f"temperature {fit.temperature:.4f}; wrote {out}")
+    return 0
+
+
 def _read_npy_trace(path: Path) -> np.ndarray:
     """A current trace (pA/pF) saved with numpy: (T,), or (1, T) / (T, 1)."""
+    how = "save the trace with numpy.save(path, trace): one array (T,) of numbers in pA/pF"
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{path} {what}; give the .npy file of the trace")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not a .npy array; {how}")
     try:
         trace = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable .npy array ({e})") from None
+        raise ValueError(f"{path} is not a readable .npy array ({e}); {how}") from None
+    if not isinstance(trace, np.ndarray):  # an .npz archive named .npy
+        trace.close()
+        raise ValueError(f"{path} is an .npz archive of several arrays, not one .npy array; {how}")
+    if not (np.issubdtype(trace.dtype, np.integer) or np.issubdtype(trace.dtype, np.floating)):
+        raise ValueError(f"{path} holds {trace.dtype} values, not real numbers; {how}")
     if trace.ndim == 2 and 1 in trace.shape:
         trace = trace.reshape(-1)
     if trace.ndim != 1:
-        raise ValueError(f"{path} holds an array of shape {trace.shape}; fit takes one trace (T,)")
+        raise ValueError(
+            f"{path} holds an array of shape {trace.shape}; fit takes one trace (T,): {how} "
+            "(e.g. one row of a (cells, T) array: numpy.save(path, traces[k]))"
+        )
     return trace
 
 
@@ -147,11 +199,17 @@ def _fit(args: argparse.Namespace) -> int:
     from .inference import load_estimator
     from .recording import load_recording
 
+    recorded_ap = _recorded_ap(args)  # a wrong AP file fails before the fit, not after
     estimator = load_estimator(args.estimator)
     path = Path(args.recording)
     start = time.perf_counter()
+    plausible = not args.no_plausibility_check
     if path.suffix == ".npy":
-        posterior = estimator.fit(_read_npy_trace(path), sample_interval_ms=args.sample_interval)
+        posterior = estimator.fit(
+            _read_npy_trace(path),
+            sample_interval_ms=args.sample_interval,
+            check_plausibility=plausible,
+        )
     else:  # .abf, .csv, .csv.gz: units, command and sampling from the file
         recording = load_recording(
             path,
@@ -160,9 +218,11 @@ def _fit(args: argparse.Namespace) -> int:
             cm_pF=args.cm,
             sample_interval_ms=args.sample_interval,
         )
-        posterior = estimator.fit(recording, check_command=not args.no_command_check)
+        posterior = estimator.fit(
+            recording, check_command=not args.no_command_check, check_plausibility=plausible
+        )
     samples, summary = posterior.save(args.out, args.samples, seed=args.seed)
-    _write_fit_record(Path(args.out), posterior, path, args.samples, args.seed)
+    _write_fit_record(Path(args.out), posterior, args.estimator, path, args.samples, args.seed)
     seconds = time.perf_counter() - start
     for note in posterior.preprocessing:
         print(f"- {note}")
@@ -178,22 +238,52 @@ def _fit(args: argparse.Namespace) -> int:
             seed=args.seed,
             title=path.name,
             saved=(samples, summary),
+            twins_ap=args.twins_ap,
+            recorded_ap=recorded_ap,
         )
         print(f"wrote {report}")
     return 0
+
+
+def _recorded_ap(args: argparse.Namespace) -> Recording | None:
+    """The current-clamp recording of ``--ap`` (None without it), after checking that the
+    twins' AP options go with a cell's report.
+    """
+    from .recording import load_recording
+    from .recording.io import CURRENT_CLAMP
+
+    asked = args.twins_ap is not None or args.ap is not None
+    if asked and args.command == "fit" and not args.report:
+        raise ValueError("--twins-ap and --ap belong to the cell's report: add --report")
+    if asked and args.command == "report" and args.what != "cell":
+        raise ValueError("--twins-ap and --ap belong to a cell's report (`report cell`)")
+    if args.ap is None:
+        return None
+    recording = load_recording(args.ap, sweep=args.ap_sweep, channel=args.ap_channel)
+    if recording.mode != CURRENT_CLAMP:
+        raise ValueError(
+            f"--ap {args.ap} is a {recording.mode.replace('_', '-')} recording (signal in "
+            f"{recording.signal_unit}); the twins' APs are compared with a current-clamp one "
+            "(a potential in mV or V): choose its channel with --ap-channel"
+        )
+    return recording
 
 
 #: Record of a fit in its output directory, with which `sbi-twins report cell` rebuilds it.
 FIT_RECORD = "fit.json"
 
 
-def _write_fit_record(out: Path, posterior, source: Path, samples: int, seed: int) -> None:
+def _write_fit_record(
+    out: Path, posterior, estimator: str, source: Path, samples: int, seed: int
+) -> None:
     manifest = posterior.estimator.manifest
     np.save(out / "observation.npy", posterior.observation)
+    # a bundled estimator is recorded by name: its path is the folder of every bundled one
+    where = Path(estimator)
     atomic_write_json(
         out / FIT_RECORD,
         {
-            "estimator": str(posterior.estimator.path),
+            "estimator": str(where.resolve()) if where.is_dir() else estimator,
             "model_sha256": manifest["model"]["file_sha256"],
             "prior_sha256": manifest["prior"]["hash"],
             "protocol_sha256": manifest["protocol"]["hash"],
@@ -211,6 +301,7 @@ def _report(args: argparse.Namespace) -> int:
     from .inference import load_estimator
     from .report import cell_report, estimator_report
 
+    recorded_ap = _recorded_ap(args)
     if args.what == "estimator":
         from .diagnostics import diagnose
 
@@ -244,7 +335,13 @@ def _report(args: argparse.Namespace) -> int:
     observation = np.load(fit_dir / "observation.npy")
     posterior = CellPosterior(estimator, observation, record["preprocessing"])
     report = cell_report(
-        posterior, args.out, n=record["samples"], seed=record["seed"], title=record["recording"]
+        posterior,
+        args.out,
+        n=record["samples"],
+        seed=record["seed"],
+        title=record["recording"],
+        twins_ap=args.twins_ap,
+        recorded_ap=recorded_ap,
     )
     print(f"wrote {report}")
     return 0
@@ -345,6 +442,30 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_twins_ap_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a cell report's twins' APs (``fit --report`` and ``report cell``)."""
+    parser.add_argument(
+        "--twins-ap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cell report: simulate N twins (the first posterior draws) beating spontaneously "
+        "and show their APs and AP features (CL, APD, MDP, peak); off by default (slower)",
+    )
+    parser.add_argument(
+        "--ap",
+        default=None,
+        metavar="FILE",
+        help="cell report: a current-clamp recording of the cell (.abf, .csv) to overlay on the "
+        "twins' APs and compare with their features (twins are simulated even without "
+        "--twins-ap)",
+    )
+    parser.add_argument(
+        "--ap-channel", default=None, help="the --ap file's channel or column, if several"
+    )
+    parser.add_argument("--ap-sweep", type=int, default=0, help="sweep of an --ap .abf file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sbi-twins`` argument parser, one subcommand per verb."""
     parser = argparse.ArgumentParser(
@@ -440,6 +561,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="temper an estimator's flows so its joint posterior is calibrated on fresh cells",
+    )
+    calibrate.add_argument("estimator", help="estimator directory or bundled name")
+    calibrate.add_argument("--out", required=True, help="estimator file to write (FILE.pt)")
+    calibrate.add_argument("--cells", type=int, default=300, help="fresh cells (default 300)")
+    calibrate.add_argument("--draws", type=int, default=500, help="draws per cell and trial")
+    calibrate.add_argument(
+        "--seed", type=int, default=7_000_000, help="the fresh cells' seed (default 7000000)"
+    )
+    calibrate.add_argument(
+        "--reference-cells",
+        type=int,
+        default=1000,
+        help="fresh cells of the misspecification reference, if the bundle has none",
+    )
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.set_defaults(run=_calibrate)
+
     fit = commands.add_parser("fit", help="posterior of one recorded cell")
     fit.add_argument(
         "recording",
@@ -464,7 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not refuse a recording whose command differs from the estimator's protocol",
     )
+    fit.add_argument(
+        "--no-plausibility-check",
+        action="store_true",
+        help="fit a recording even if it is flat, looks like a unit or sign mistake",
+    )
     fit.add_argument("--report", action="store_true", help="also write report.html")
+    _add_twins_ap_options(fit)
     fit.set_defaults(run=_fit)
 
     report = commands.add_parser("report", help="self-contained HTML report")
@@ -474,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--cells", type=int, default=500, help="estimator: fresh cells")
     report.add_argument("--draws", type=int, default=1000, help="estimator: draws per cell")
     report.add_argument("--seed", type=int, default=20_261_204, help="estimator: cells' seed")
+    _add_twins_ap_options(report)
     report.set_defaults(run=_report)
 
     quality = commands.add_parser(
@@ -530,6 +678,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str):
+    """Warnings as ``sbi-twins <command>: warning: <message>`` on stderr (not file:line)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"sbi-twins {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sbi-twins`` console script.
 
@@ -538,7 +695,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once per command, fresh
+            warnings.showwarning = _one_line_warning(args.command)
+            return args.run(args)
     except KeyboardInterrupt:
         resumable = args.command in ("simulate", "train")
         hint = ": rerun the same command to continue where it stopped" if resumable else ""

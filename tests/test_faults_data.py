@@ -174,14 +174,36 @@ def _garbage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _ff_over_data(path: Path) -> None:
+    """Up to 4 kB of the array's data overwritten with 0xFF bytes (NaN floats), header intact."""
+    start = int(np.load(path, mmap_mode="r").offset)
+    data = bytearray(path.read_bytes())
+    stop = min(len(data), start + 4096)
+    data[start:stop] = b"\xff" * (stop - start)
+    path.write_bytes(bytes(data))
+
+
+def _zero_header_start(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def _scale(path: Path) -> None:
+    """Finite garbage in a valid .npy file: the values x1e6."""
+    np.save(path, np.load(path) * np.float32(1e6))
+
+
 @pytest.mark.parametrize(
     "file, damage, what",
     [
         ("observations.npy", _truncate, r"observations.npy: truncated \([\d,]+ of [\d,]+ bytes\)"),
         ("observations.npy", _break_header, r"observations.npy: damaged .npy header"),
         ("observations.npy", _nan, "observations.npy: checksum mismatch"),
+        ("observations.npy", _ff_over_data, "observations.npy: checksum mismatch"),  # D12
         ("observations.npy", _garbage, "observations.npy: checksum mismatch"),
         ("theta.npy", _garbage, "theta.npy: checksum mismatch"),
+        ("theta.npy", _zero_header_start, r"theta.npy: damaged .npy header"),  # D15
         ("status.npy", Path.unlink, "status.npy is missing"),
     ],
 )
@@ -198,6 +220,28 @@ def test_a_damaged_shard_is_named_with_its_cure(copy, spec, reference, file, dam
     shutil.rmtree(copy / "chunks" / f"{DAMAGED:06d}")
     redone = simulate_dataset(copy, 12, spec, workers=1, progress=False)
     np.testing.assert_array_equal(redone.observations[:], reference.observations[:])
+
+
+@pytest.mark.parametrize(
+    "file, damage, what",
+    [
+        ("observations.npy", _truncate, r"observations.npy: truncated"),
+        ("observations.npy", _ff_over_data, "observations.npy: checksum mismatch"),
+        ("observations.npy", _scale, "observations.npy: checksum mismatch"),
+        ("theta.npy", _zero_header_start, r"theta.npy: damaged .npy header"),
+    ],
+    ids=["D11 truncated", "D13 NaN bytes", "D14 x1e6", "D16 theta header"],
+)
+def test_training_on_a_damaged_shard_stops_before_anything_is_written(
+    copy, tmp_path, capsys, file, damage, what
+):
+    damage(copy / "chunks" / f"{DAMAGED:06d}" / file)
+    out = tmp_path / "estimator"
+    assert main(["train", str(copy), "--out", str(out), "--max-epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sbi-twins train: error: chunk {DAMAGED} of {copy} is damaged (")
+    assert re.search(what, err) and err.endswith(_cure(copy)) and "\n" not in err
+    assert not out.exists()
 
 
 def test_old_datasets_without_checksums_are_read_and_nan_is_caught(copy, reference):
@@ -273,6 +317,24 @@ def test_a_damaged_manifest_is_named_with_what_to_do(copy, content, what):
     message = str(info.value)
     assert message.startswith(f"{manifest} is ") and what in message
     assert "restore it from a backup" in message and f"delete {copy}" in message
+
+
+def test_a_truncated_manifest_stops_simulate_and_train_with_what_to_do(
+    copy, spec, tmp_path, capsys
+):
+    """D21 (the same `simulate` again) and D23 (`train`) on a truncated manifest.json."""
+    manifest = copy / "manifest.json"
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p != manifest}
+    manifest.write_text(manifest.read_text()[:100])
+    with pytest.raises(DatasetDamagedError, match="manifest.json is not a readable dataset"):
+        simulate_dataset(copy, 12, spec, workers=1, progress=False)
+    out = tmp_path / "estimator"
+    assert main(["train", str(copy), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sbi-twins train: error: {manifest} is not a readable dataset manifest")
+    assert "restore it from a backup" in err and f"delete {copy}" in err
+    assert not out.exists()
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p != manifest} == before
 
 
 def test_a_damaged_size_record_is_named_with_what_to_do(copy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import textwrap
 import warnings
 from dataclasses import replace
@@ -16,10 +17,12 @@ from baseline import train_point_regressor
 from sbi_twins.data import DatasetSpec, open_dataset, simulate_dataset
 from sbi_twins.engine import load_model
 from sbi_twins.inference import TrainingConfig, load_estimator, train_estimator
+from sbi_twins.inference.bundle import dataset_prior
 from sbi_twins.inference.loop import WeightAverage, fit_streaming
-from sbi_twins.inference.npe import training_identity
+from sbi_twins.inference.networks import build_summary
+from sbi_twins.inference.npe import train_flow, training_identity
 from sbi_twins.inference.posterior import hdi
-from sbi_twins.inference.rows import RowBlocks
+from sbi_twins.inference.rows import RowBlocks, StreamingData, SummarisedData
 from sbi_twins.recording import simulate_recordings
 
 PRIOR = """
@@ -216,17 +219,18 @@ def test_bundle_round_trip_gives_identical_samples(estimator, datasets):
 
 def test_fit_takes_full_rate_traces_and_checks_them(estimator):
     protocol = estimator.protocol
-    model_trace = np.zeros(protocol.times(0.1).size)
-    assert estimator.fit(model_trace).observation.shape == (len(estimator.scheme),)
+    model_trace = np.zeros(protocol.times(0.1).size)  # flat: only the grid is checked here
+    fit = functools.partial(estimator.fit, check_plausibility=False)
+    assert fit(model_trace).observation.shape == (len(estimator.scheme),)
     with pytest.raises(ValueError, match="expects 5201"):
-        estimator.fit(model_trace[:-10])
+        fit(model_trace[:-10])
     bad = model_trace.copy()
     bad[100] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        estimator.fit(bad)
+        fit(bad)
     coarse = np.zeros(protocol.times(0.2).size)
     with pytest.warns(UserWarning, match="resampling the trace from 0.2 ms"):
-        estimator.fit(coarse, sample_interval_ms=0.2)
+        fit(coarse, sample_interval_ms=0.2)
 
 
 def test_dataset_made_otherwise_is_refused(estimator, datasets, files):
@@ -392,15 +396,17 @@ class _LineData(RowBlocks):
         return super().training_batches(epoch, seed)
 
 
-def _fit_line(checkpoint, max_epochs, schedule="cosine", interrupt_at=None, ema_decay=0.0):
+def _fit_line(
+    checkpoint, max_epochs, schedule="cosine", interrupt_at=None, ema_decay=0.0, jitter=0.0
+):
     torch.manual_seed(0)
     line = torch.nn.Linear(1, 1)
     config = TrainingConfig(
         learning_rate=0.3, max_epochs=max_epochs, lr_schedule=schedule, ema_decay=ema_decay
     )
     result = fit_streaming(
-        line,
-        lambda y, x: ((line(x) - y) ** 2).sum(1),
+        line,  # jitter: a loss that draws random numbers, as the flow stage's does
+        lambda y, x: ((line(x) + jitter * torch.randn_like(y) - y) ** 2).sum(1),
         _LineData(interrupt_at),
         config,
         checkpoint,
@@ -421,6 +427,42 @@ def test_cosine_schedule_and_resume_after_interruption(tmp_path):
     assert resumed_result["epochs"] == 6
     assert [h["learning_rate"] for h in resumed_result["history"]] == rates
     torch.testing.assert_close(resumed.state_dict(), whole.state_dict())
+
+
+def test_a_resumed_run_draws_the_random_numbers_of_an_uninterrupted_one(tmp_path):
+    whole, whole_result = _fit_line(tmp_path / "whole.pt", 5, jitter=0.1)
+    with pytest.raises(_Interrupted):
+        _fit_line(tmp_path / "resumed.pt", 5, interrupt_at=3, jitter=0.1)
+    resumed, resumed_result = _fit_line(tmp_path / "resumed.pt", 5, jitter=0.1)
+    losses = [h["training_loss"] for h in whole_result["history"]]
+    assert [h["training_loss"] for h in resumed_result["history"]] == losses
+    torch.testing.assert_close(resumed.state_dict(), whole.state_dict(), rtol=0, atol=0)
+
+
+def test_the_flow_stage_resumes_bit_identically(datasets, tmp_path, monkeypatch):
+    config = replace(SMALL, max_epochs=3)
+    ds = datasets[0]
+    prior = dataset_prior(ds)
+    torch.manual_seed(0)
+    summary = build_summary(config, ds.observations.shape[1], prior)
+    summarised = SummarisedData(StreamingData(ds, prior, config), summary)
+    (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
+    whole, whole_stage = train_flow(0, summarised, config, tmp_path / "whole", "cpu", False)
+    batches = SummarisedData.training_batches
+
+    def interrupted_in_epoch_2(self, epoch, seed):
+        if epoch == 1:
+            raise _Interrupted
+        return batches(self, epoch, seed)
+
+    monkeypatch.setattr(SummarisedData, "training_batches", interrupted_in_epoch_2)
+    with pytest.raises(_Interrupted):
+        train_flow(0, summarised, config, tmp_path / "resumed", "cpu", False)
+    monkeypatch.undo()
+    resumed, stage = train_flow(0, summarised, config, tmp_path / "resumed", "cpu", False)
+    losses = [h["validation_loss"] for h in whole_stage["history"]]
+    assert [h["validation_loss"] for h in stage["history"]] == losses
+    torch.testing.assert_close(resumed.state_dict(), whole.state_dict(), rtol=0, atol=0)
 
 
 def test_constant_schedule_and_unknown_schedule_refused(tmp_path):

@@ -139,16 +139,9 @@ def diagnose(
         n_cells = min(n_cells, len(dataset))
         truth = dataset.parameters[names].to_numpy()[:n_cells]
         observations = np.asarray(dataset.observations[:n_cells], dtype=float)
-    draws, log_draws, log_truth = [], [], []
-    for start in range(0, n_cells, batch_size):
-        x = observations[start : start + batch_size]
-        z = estimator.sample_z(x, n_draws, seed + start)  # (S, B, D)
-        theta_draws = estimator.prior.from_unbounded(z.reshape(-1, z.shape[-1])).reshape(z.shape)
-        draws.append(theta_draws)
-        log_draws.append(estimator.log_prob(theta_draws, x))
-        log_truth.append(estimator.log_prob(truth[start : start + batch_size][None], x)[0])
-    draws = np.concatenate(draws, axis=1)  # (S, N, D)
-    log_draws, log_truth = np.concatenate(log_draws, axis=1), np.concatenate(log_truth)
+    draws, log_draws, log_truth = draws_and_densities(
+        estimator, observations, truth, n_draws, seed, batch_size
+    )
     ranks = hpd_ranks(log_draws, log_truth)
     references = estimator.prior.sample(n_cells, seed=[seed, 2])[names].to_numpy()
     scale = np.sqrt(estimator.prior_variance.to_numpy())
@@ -164,6 +157,48 @@ def diagnose(
         density_gap=log_draws.mean(axis=0) - log_truth,
         n_cells=n_cells,
         n_draws=n_draws,
+    )
+
+
+def draws_and_densities(
+    estimator: Estimator,
+    observations: np.ndarray,
+    truth: np.ndarray,
+    n_draws: int,
+    seed: int,
+    batch_size: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior draws of cells with known parameters, and the densities that rank them.
+
+    Parameters
+    ----------
+    observations : numpy.ndarray
+        (N, L) the cells' observation vectors.
+    truth : numpy.ndarray
+        (N, D) their true parameters, in :attr:`Estimator.names` order.
+
+    Returns
+    -------
+    draws : numpy.ndarray
+        (S, N, D) ``n_draws`` draws per cell; cell ``i`` of batch ``b`` drawn with seed
+        ``seed + b * batch_size``.
+    log_draws : numpy.ndarray
+        (S, N) their posterior log density.
+    log_truth : numpy.ndarray
+        (N,) the posterior log density of each truth.
+    """
+    draws, log_draws, log_truth = [], [], []
+    for start in range(0, len(observations), batch_size):
+        x = observations[start : start + batch_size]
+        z = estimator.sample_z(x, n_draws, seed + start)  # (S, B, D)
+        theta_draws = estimator.prior.from_unbounded(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+        draws.append(theta_draws)
+        log_draws.append(estimator.log_prob(theta_draws, x))
+        log_truth.append(estimator.log_prob(truth[start : start + batch_size][None], x)[0])
+    return (
+        np.concatenate(draws, axis=1),
+        np.concatenate(log_draws, axis=1),
+        np.concatenate(log_truth),
     )
 
 

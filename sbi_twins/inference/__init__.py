@@ -6,7 +6,16 @@ Importing this package imports torch; ``import sbi_twins`` alone does not.
 
 from .config import TrainingConfig
 from .estimator import Estimator, load_estimator
+from .misspecification import ImplausibleRecordingError, MisspecificationWarning
 from .npe import train_estimator
 from .posterior import CellPosterior
 
-__all__ = ["CellPosterior", "Estimator", "TrainingConfig", "load_estimator", "train_estimator"]
+__all__ = [
+    "CellPosterior",
+    "Estimator",
+    "ImplausibleRecordingError",
+    "MisspecificationWarning",
+    "TrainingConfig",
+    "load_estimator",
+    "train_estimator",
+]

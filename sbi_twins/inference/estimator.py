@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 
 from .. import _resources
-from .._util import check_integer
+from .._util import check_integer, check_number
 from ..data import Dataset, ObservationScheme
 from ..data.dataset import manifest_differences
 from ..engine import CellModel, SimulationWarning, load_model
@@ -24,9 +25,14 @@ from ..protocol import Protocol
 from ..recording import simulate_recordings
 from ..recording.alignment import onto_protocol
 from ..recording.io import Recording
-from .bundle import read_bundle
+from .bundle import read_bundle, write_bundle
 from .config import TrainingConfig
-from .misspecification import Reference
+from .misspecification import (
+    ImplausibleRecordingError,
+    MisspecificationWarning,
+    Reference,
+    implausibility,
+)
 from .networks import build_network
 from .posterior import SUMMARY_COLUMNS, CellPosterior, summary_table
 from .torch_prior import StandardPrior
@@ -59,11 +65,39 @@ class Estimator:
         config = TrainingConfig.from_dict(manifest["training"])
         self._network = build_network(config, len(self.scheme), self.prior)
         self._network.load_state_dict(state_dict)
+        self._network.set_temperature(manifest.get("calibration", {}).get("temperature", 1.0))
         self._network.eval()
         self._z_prior = StandardPrior(self.prior.log_normal)
         self._model_choice = model
         self._cell_model: CellModel | None = None
-        self._references: dict[tuple[int, int], Reference] = {}
+        self._references: dict[tuple[int | str, int], Reference] = {}
+
+    @property
+    def temperature(self) -> float:
+        """Temperature of the flows' base distribution (1: as trained; see :meth:`tempered`)."""
+        return self._network.temperature
+
+    def tempered(self, temperature: float, note: str = "") -> Estimator:
+        """A copy of the estimator with its flows tempered: every member's base distribution
+        ``N(0, T^2 I)`` (:class:`~sbi_twins.inference.networks.TemperedNormal`).
+
+        Sampling and :meth:`log_prob` stay one exact, consistent density. ``T`` is chosen on
+        fresh simulations by :func:`sbi_twins.diagnostics.calibrate_temperature`; the
+        temperature and ``note`` (how it was chosen) are kept in the manifest (:meth:`save`).
+        """
+        temperature = check_number("temperature", temperature, minimum=0.0, inclusive=False)
+        manifest = copy.deepcopy(self.manifest)
+        manifest["calibration"] = {"temperature": temperature, "note": note}
+        state = {key: value.clone() for key, value in self._network.state_dict().items()}
+        tempered = Estimator(self.path, state, manifest, self._model_choice)
+        tempered._references = self._references  # the summary network is the same
+        return tempered
+
+    def save(self, file: str | os.PathLike) -> Path:
+        """Write this estimator as a bundle file (weights and manifest), atomically."""
+        file = Path(file)
+        write_bundle(file, self._network.state_dict(), self.manifest)
+        return file
 
     def __repr__(self) -> str:
         return (
@@ -113,6 +147,7 @@ class Estimator:
         sample_interval_ms: float | None = None,
         cm_pF: float | None = None,
         check_command: bool = True,
+        check_plausibility: bool = True,
     ) -> CellPosterior:
         """The posterior of one cell from its recording.
 
@@ -129,11 +164,21 @@ class Estimator:
             Membrane capacitance of a recording in pA (default: from its metadata).
         check_command : bool
             Refuse a recording whose command is not the protocol's.
+        check_plausibility : bool
+            Refuse a recording no training cell could give (flat, a unit mistake, a flipped
+            sign: :func:`~sbi_twins.inference.misspecification.implausibility`). Either way a
+            :class:`MisspecificationWarning` says when :meth:`CellPosterior.misspecification`
+            flags the recording as unlike the training cells.
 
         Returns
         -------
         CellPosterior
             Its ``preprocessing`` lists what was done to the recording.
+
+        Raises
+        ------
+        ImplausibleRecordingError
+            With ``check_plausibility``, a recording the estimator cannot fit, and why.
         """
         notes: list[str] = []
         if isinstance(recording, Recording):
@@ -152,7 +197,29 @@ class Estimator:
                 "fit takes one trace (T,); for several cells use summaries(traces) or "
                 "posteriors(reduce(traces))"
             )
-        return CellPosterior(self, x, preprocessing=notes)
+        posterior = CellPosterior(self, x, preprocessing=notes)
+        self._check_plausibility(posterior, refuse=check_plausibility)
+        return posterior
+
+    def _check_plausibility(self, posterior: CellPosterior, refuse: bool) -> None:
+        reference = self.misspecification_reference()
+        problem = implausibility(reference, posterior.observation) if refuse else None
+        if problem is not None:
+            raise ImplausibleRecordingError(
+                f"this recording is not one the estimator can fit: {problem} (to fit it "
+                "anyway: check_plausibility=False, or `sbi-twins fit --no-plausibility-check`)"
+            )
+        verdict = posterior.misspecification()
+        if verdict.flag:
+            warnings.warn(
+                f"this recording is unlike every cell the estimator was trained on "
+                f"(misspecification p = {verdict.p_value:.2g} < {verdict.alpha:g}): read its "
+                "posterior with care. Common causes: a protocol shifted in time or sampled at "
+                "another interval than stated, other recording artefacts, or a cell outside "
+                "the prior",
+                MisspecificationWarning,
+                stacklevel=2,
+            )
 
     def check_dataset(self, dataset: Dataset) -> None:
         """Refuse a dataset made with another model file, prior, protocol, observation scheme or
@@ -319,14 +386,25 @@ class Estimator:
             stacked.reshape(-1, len(SUMMARY_COLUMNS)), index=index, columns=SUMMARY_COLUMNS
         )
 
-    def misspecification_reference(self, n_cells: int = 400, seed: int = 1_000_003) -> Reference:
-        """In-distribution summaries that calibrate :meth:`CellPosterior.misspecification`:
-        ``n_cells`` fresh cells made like the training cells (simulated on first use, about a
-        minute, then kept with the estimator).
+    def misspecification_reference(
+        self, n_cells: int | None = None, seed: int = 1_000_003
+    ) -> Reference:
+        """In-distribution summaries that calibrate :meth:`CellPosterior.misspecification`.
+
+        By default the reference kept in the bundle (validation cells of the training set,
+        written by ``sbi-twins train``); with ``n_cells``, or for a bundle without one, that
+        many fresh cells made like the training cells (400 by default; simulated on first
+        use, then kept with the estimator).
         """
-        key = (n_cells, seed)
+        stored = self.manifest.get("misspecification_reference")
+        if n_cells is None and stored is not None:
+            key = ("bundle", 0)
+            if key not in self._references:
+                self._references[key] = Reference.from_dict(stored)
+            return self._references[key]
+        key = (n_cells or 400, seed)
         if key not in self._references:
-            self._references[key] = Reference.from_estimator(self, n_cells, seed)
+            self._references[key] = Reference.from_estimator(self, *key)
         return self._references[key]
 
     @functools.cached_property

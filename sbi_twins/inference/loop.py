@@ -58,6 +58,7 @@ def fit_streaming(
         "since": 0,
         "history": [],
     }
+    torch.manual_seed(config.seed)
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint, device)
         module.load_state_dict(saved["module"])
@@ -65,7 +66,8 @@ def fit_streaming(
         scheduler.load_state_dict(saved["scheduler"])
         average.load_state_dict(saved["average"])
         state = saved["state"]
-    torch.manual_seed(config.seed)
+        if "rng" in saved:  # a resumed run draws what the uninterrupted run would have drawn
+            torch.set_rng_state(saved["rng"])
     bar = tqdm(
         total=config.max_epochs,
         initial=state["epoch"],
@@ -116,6 +118,7 @@ def fit_streaming(
                     "scheduler": scheduler.state_dict(),
                     "average": average.state_dict(),
                     "state": state,
+                    "rng": torch.get_rng_state(),
                 },
             )
             # Set before update(), which redraws: the bar shows this epoch's losses.

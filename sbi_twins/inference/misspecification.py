@@ -9,6 +9,11 @@ p-value is the share of those held-out reference cells whose statistic is at lea
 (with the usual +1 correction), so it is uniform for in-distribution recordings and small for
 recordings the estimator cannot have seen (a unit mistake, a flat trace, another model...).
 How often it flags such recordings is measured by ``benchmarks/misspecification.py``.
+
+Some recordings are not a matter of degree: a flat trace, a current in pA given as pA/pF, a
+flipped sign convention. :func:`implausibility` names them from the same reference cells (their
+RMS current and their average recording), so that :meth:`Estimator.fit` refuses them with the
+fix instead of returning a confident posterior.
 """
 
 from __future__ import annotations
@@ -26,6 +31,23 @@ if TYPE_CHECKING:  # annotations only
 
 #: p-value below which a recording is flagged.
 ALPHA = 0.01
+
+#: A recording whose RMS current is this many times above the largest (or below the smallest)
+#: of the reference cells is refused as a unit mistake: over the clark2022 reference the
+#: cells' RMS spans a factor of about 7, and a pA trace of a 50 pF cell lies 7-50x above it.
+RMS_FACTOR = 4.0
+
+#: Correlation with the reference cells' average recording below which a recording is refused
+#: as sign-flipped (in-distribution cells: 0.53 to 0.93; misspecified ones measured: >= 0.05).
+MIN_CORRELATION = -0.2
+
+
+class ImplausibleRecordingError(ValueError):
+    """A recording the estimator cannot fit: flat, in the wrong unit or with a flipped sign."""
+
+
+class MisspecificationWarning(UserWarning):
+    """A recording unlike the estimator's training cells (:func:`misspecification` flags it)."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +79,54 @@ class Reference:
     mean: np.ndarray
     scale: np.ndarray
     calibration: np.ndarray  # sorted statistics of the held-out half
+    typical: np.ndarray  # the average observation vector
+    rms_range: tuple[float, float]  # smallest and largest RMS of an observation vector
+    source: str
+
+    @classmethod
+    def from_cells(cls, summaries: np.ndarray, observations: np.ndarray, source: str) -> Reference:
+        """The reference of in-distribution cells: their summaries (N, C) and observation
+        vectors (N, L). The first half of the summaries standardises, the second calibrates.
+        """
+        check_integer("summaries", len(summaries), minimum=20, what="reference cells")
+        half = len(summaries) // 2
+        mean = summaries[:half].mean(axis=0)
+        scale = np.maximum(summaries[:half].std(axis=0), 1e-9)
+        rms = _rms(observations)
+        standardised = cls(
+            mean, scale, np.empty(0), observations.mean(axis=0), (rms.min(), rms.max()), source
+        )
+        return replace(standardised, calibration=np.sort(standardised.statistic(summaries[half:])))
 
     @classmethod
     def from_estimator(cls, estimator: Estimator, n_cells: int, seed: int) -> Reference:
-        """Summaries of ``n_cells`` fresh cells: half standardise, half calibrate."""
+        """The reference of ``n_cells`` fresh cells made like the training cells."""
         check_integer("n_cells", n_cells, minimum=20, what="reference cells")
         _, traces = estimator.simulate_cells(n_cells, seed=seed)
-        summaries = summaries_of(estimator, estimator.reduce(traces))
-        half = n_cells // 2
-        mean = summaries[:half].mean(axis=0)
-        scale = np.maximum(summaries[:half].std(axis=0), 1e-9)
-        standardised = cls(mean, scale, calibration=np.empty(0))
-        return replace(standardised, calibration=np.sort(standardised.statistic(summaries[half:])))
+        observations = estimator.reduce(traces)
+        summaries = summaries_of(estimator, observations)
+        return cls.from_cells(summaries, observations, f"{n_cells} fresh cells (seed {seed})")
+
+    def to_dict(self) -> dict:
+        """A JSON-able form, kept in an estimator bundle's manifest."""
+        arrays = ("mean", "scale", "calibration", "typical")
+        return {
+            "source": self.source,
+            "rms_range": [float(v) for v in self.rms_range],
+            **{key: getattr(self, key).tolist() for key in arrays},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Reference:
+        """The inverse of :meth:`to_dict`."""
+        arrays = {key: np.asarray(data[key], dtype=float) for key in ("mean", "scale", "typical")}
+        low, high = data["rms_range"]
+        return cls(
+            **arrays,
+            calibration=np.sort(data["calibration"]),
+            rms_range=(float(low), float(high)),
+            source=data["source"],
+        )
 
     def statistic(self, summaries: np.ndarray) -> np.ndarray:
         """Mean squared z-score of summaries (N, C) -> (N,)."""
@@ -78,6 +136,45 @@ class Reference:
         """Share of the calibration cells with a statistic at least ``statistic``."""
         larger = self.calibration.size - np.searchsorted(self.calibration, statistic, "left")
         return float((1 + larger) / (1 + self.calibration.size))
+
+
+def implausibility(reference: Reference, observation: np.ndarray) -> str | None:
+    """What makes an observation vector one no training cell could give, or None.
+
+    Flat (no current recorded), an RMS current :data:`RMS_FACTOR` times outside the reference
+    cells' range (a unit mistake), or a recording that runs opposite to the reference cells'
+    average (a flipped sign convention). Each answer says how to fix the recording.
+    """
+    x = np.asarray(observation, dtype=float)
+    if np.ptp(x) == 0:
+        return (
+            f"the trace is flat (a constant {x[0]:g} pA/pF): nothing was recorded; check the "
+            "amplifier channel and the file's current column"
+        )
+    rms, (low, high) = float(_rms(x[None])[0]), reference.rms_range
+    if rms > RMS_FACTOR * high:
+        return (
+            f"its RMS current is {rms:.3g} pA/pF, {rms / high:.0f}x the largest of the training "
+            f"cells ({high:.3g} pA/pF): is it in pA rather than pA/pF? Divide it by the cell's "
+            "capacitance, or give a Recording that states its unit and Cm"
+        )
+    if rms < low / RMS_FACTOR:
+        return (
+            f"its RMS current is {rms:.3g} pA/pF, {low / rms:.0f}x below the smallest of the "
+            f"training cells ({low:.3g} pA/pF): is it in nA, or A/F, rather than pA/pF?"
+        )
+    correlation = float(np.corrcoef(x, reference.typical)[0, 1])
+    if correlation < MIN_CORRELATION:
+        return (
+            "it runs opposite to the training cells' average recording (correlation "
+            f"{correlation:.2f}): is its sign convention flipped (inward current positive)? "
+            "Negate it"
+        )
+    return None
+
+
+def _rms(observations: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.mean(np.square(observations), axis=1))
 
 
 def summaries_of(estimator: Estimator, observations: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._util import atomic_write_text
@@ -34,12 +35,16 @@ from .bundle import bundle_manifest, dataset_prior, write_bundle
 from .config import TrainingConfig
 from .estimator import Estimator, load_estimator
 from .loop import check_checkpoint_identity, fit_streaming
+from .misspecification import Reference
 from .networks import PosteriorNetwork, build_flow, build_summary
 from .rows import StreamingData, SummarisedData
 
 #: Checkpoint files of the two training stages, in an estimator's output directory (flow ``k``
 #: of an ensemble: ``flow<k>_checkpoint.pt``).
 CHECKPOINTS = {"summary": "summary_checkpoint.pt", "flow": "flow_checkpoint.pt"}
+
+#: Validation cells whose summaries a bundle keeps as its misspecification reference.
+REFERENCE_CELLS = 2_000
 
 
 def train_estimator(
@@ -116,9 +121,11 @@ def train_estimator(
         flows.append(flow)
     network = PosteriorNetwork(summary, flows).cpu()
     manifest = bundle_manifest(ds, prior, config, stages, (data.n_train, data.n_validation))
+    if summarised.n_validation >= 40:  # fewer: fresh cells calibrate it on first use
+        manifest["misspecification_reference"] = validation_reference(data, summarised).to_dict()
     write_bundle(out / "estimator.pt", network.state_dict(), manifest)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
-    _write_log(out / "training_log.csv", stages)
+    write_training_log(out / "training_log.csv", stages)
     return load_estimator(out)
 
 
@@ -163,6 +170,18 @@ def train_flow(
     return flow, stage
 
 
+def validation_reference(data: StreamingData, summarised: SummarisedData) -> Reference:
+    """The misspecification reference of a training run: (up to :data:`REFERENCE_CELLS`)
+    validation cells, made like the training cells and never trained on.
+    """
+    start = summarised.n_train
+    stop = start + min(summarised.n_validation, REFERENCE_CELLS)
+    contexts = summarised.context[start:stop].numpy().astype(float)
+    observations = np.asarray(data.observations[start:stop], dtype=float)
+    source = f"{stop - start} validation cells of the training set"
+    return Reference.from_cells(contexts, observations, source)
+
+
 def training_identity(ds: Dataset, config: TrainingConfig) -> str:
     """What a training run's checkpoints belong to: the dataset and the settings that shape the
     path of training. Epoch caps and early-stopping patience only decide where it stops (unless
@@ -201,7 +220,7 @@ def discard_stale_flow_checkpoint(out: Path, summary_state: dict[str, torch.Tens
     atomic_write_text(marker, digest.hexdigest())
 
 
-def _write_log(path: Path, stages: dict[str, dict]) -> None:
+def write_training_log(path: Path, stages: dict[str, dict]) -> None:
     """Loss per epoch of each stage (summary: regression MSE; flow: NPE loss, -log q)."""
     lines = ["stage,epoch,training_loss,validation_loss,learning_rate,seconds"]
     lines += [

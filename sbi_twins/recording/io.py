@@ -44,6 +44,7 @@ _MV_PER_UNIT = {"V": 1e3, "mV": 1.0}
 _UNIT_SPELLINGS: dict[str, tuple[str, float]] = {
     "pA/pF": ("pA/pF", 1.0),
     "pA_per_pF": ("pA/pF", 1.0),
+    "pA_pF": ("pA/pF", 1.0),  # "pA/pF" in a column name, e.g. current_pA_pF (sbi-twins demo)
     "pApF": ("pA/pF", 1.0),
     "A/F": ("pA/pF", 1.0),  # 1 A/F = 1 pA/pF
     "A": ("A", 1.0),
@@ -442,7 +443,9 @@ def load_recording(
     one time column (named ``time`` or ``t``, or with a time unit), one signal column (a
     current or a voltage), and optionally one command column (a name containing ``command``,
     ``cmd``, ``stim`` or ``inj``). Separators ``,``, ``;`` or tab; with ``;`` or tab, decimal
-    commas are read as such. Lines starting with ``#`` are skipped.
+    commas are read as such. Lines starting with ``#`` are skipped, and so is the empty last
+    column a separator at the end of every line makes. A file of one column of numbers without
+    a header is read when ``signal_unit`` and ``sample_interval_ms`` are given.
 
     An ABF recording is in voltage clamp when the recorded channel is a current (and the
     command a voltage), in current clamp when it is a voltage. Channel units are trusted, not
@@ -969,7 +972,10 @@ def _guess_decimal(path: Path, rows: list[list[str]], separator: str | None) -> 
     return "," if comma is not None else "."
 
 
-def _read_table(path: Path) -> _Table:
+def _read_table(path: Path, headerless: bool = False) -> _Table:
+    """The file's cells. With ``headerless``, a file of one column of numbers and no header
+    is read too (its column is named "signal"; the caller knows its unit and sampling).
+    """
     numbered = [
         (n, line)
         for n, line in enumerate(_read_text(path).splitlines(), start=1)
@@ -979,24 +985,25 @@ def _read_table(path: Path) -> _Table:
         raise ValueError(f"{path}: the file is empty; expected a header row and data rows")
     separator = _guess_separator([line for _, line in numbered])
     header = _split(numbered[0][1], separator)
+    body = numbered[1:]
     if all(_is_number(cell) for cell in header):
-        raise ValueError(
-            f"{path}: line {numbered[0][0]} is data, not a header; the first row must name the "
-            "columns with their units, e.g. 'time_ms,I (pA)'"
-        )
+        if not (headerless and len(header) == 1):
+            raise ValueError(_no_header_message(path, numbered[0][0], len(header)))
+        header, body = ["signal"], numbered
+    cells = [_split(line, separator) for _, line in body]
+    header, cells = _without_empty_trailing_columns(header, cells)
     rows, lines = [], []
-    for n, line in numbered[1:]:
-        cells = _split(line, separator)
-        if len(cells) != len(header):
+    for (n, _), row in zip(body, cells, strict=True):
+        if len(row) != len(header):
             raise ValueError(
-                f"{path}: line {n} has {len(cells)} field(s), the header has {len(header)}"
+                f"{path}: line {n} has {len(row)} field(s), the header has {len(header)}"
                 + (
                     "; if the numbers use decimal commas, separate the columns with ';'"
                     if separator == ","
                     else ""
                 )
             )
-        rows.append(cells)
+        rows.append(row)
         lines.append(n)
     if not rows:
         raise ValueError(f"{path}: the file has a header but no data rows")
@@ -1005,6 +1012,39 @@ def _read_table(path: Path) -> _Table:
             f"{path}: the file has only one data row; a recording needs at least 2 samples"
         )
     return _Table(header, rows, lines, separator, _guess_decimal(path, rows, separator))
+
+
+def _no_header_message(path: Path, line: int, columns: int) -> str:
+    message = (
+        f"{path}: line {line} is data, not a header; the first row must name the columns "
+        "with their units, e.g. 'time_ms,I (pA)'"
+    )
+    if columns == 1:
+        message += (
+            ". A single column of values without a header is read when its unit and sample "
+            "interval are given: signal_unit= and sample_interval_ms= (sbi-twins fit: --unit "
+            "and --sample-interval)"
+        )
+    return message
+
+
+def _without_empty_trailing_columns(
+    header: list[str], rows: list[list[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """The cells without the empty last column a separator at the end of every line makes
+    (spreadsheet exports): dropped only when the column is empty on every line, header included
+    (or the header has no field there at all).
+    """
+    while rows and all(len(row) == len(header) + 1 and row[-1] == "" for row in rows):
+        rows = [row[:-1] for row in rows]  # the data lines end with a separator, the header not
+    while (
+        len(header) > 1
+        and header[-1] == ""
+        and all(len(row) == len(header) - 1 or row[-1:] == [""] for row in rows)
+    ):
+        header = header[:-1]
+        rows = [row[: len(header)] if len(row) == len(header) + 1 else row for row in rows]
+    return header, rows
 
 
 def _parses(text: str) -> bool:
@@ -1221,7 +1261,7 @@ def _load_csv(
     sample_interval_ms: float | None,
     extra: dict[str, Any],
 ) -> Recording:
-    table = _read_table(path)
+    table = _read_table(path, headerless=override is not None and sample_interval_ms is not None)
     roles = [_role(*_split_header(h)) for h in table.header]
     if channel is not None and not (is_integer(channel) or isinstance(channel, str)):
         raise ValueError(f"channel must be a column index or name, got {channel!r}")

@@ -1,6 +1,14 @@
 """Layer 7, reports: figures and self-contained HTML pages drawn from the computing layers."""
 
-from .figures import plot_calibration, plot_correlations, plot_demo, plot_posterior, plot_predictive
+from .figures import (
+    plot_calibration,
+    plot_correlations,
+    plot_demo,
+    plot_marginals,
+    plot_posterior,
+    plot_predictive,
+    plot_twin_aps,
+)
 from .html import cell_report, estimator_report, strongest_pairs
 from .screen import plot_screen
 
@@ -10,8 +18,10 @@ __all__ = [
     "plot_calibration",
     "plot_correlations",
     "plot_demo",
+    "plot_marginals",
     "plot_posterior",
     "plot_predictive",
     "plot_screen",
+    "plot_twin_aps",
     "strongest_pairs",
 ]

@@ -10,6 +10,7 @@ import pandas as pd
 
 if TYPE_CHECKING:  # annotations only: drawing needs no torch
     from ..inference import Estimator
+    from .action_potentials import RecordedAP, TwinAPs
 
 
 def plot_demo(
@@ -53,8 +54,18 @@ def plot_demo(
     plt.close(fig)
 
 
-def posterior_panel(ax, estimator: Estimator, samples: pd.DataFrame, truth: pd.Series | None):
-    """Every parameter's posterior as a box within its prior range (and the truth, if known)."""
+def posterior_panel(
+    ax,
+    estimator: Estimator,
+    samples: pd.DataFrame,
+    truth: pd.Series | None,
+    modes: pd.DataFrame | None = None,
+):
+    """Every parameter's posterior as a box within its prior range (and the truth, if known).
+
+    ``modes`` (:func:`sbi_twins.diagnostics.multimodal_parameters` with the estimator's prior)
+    marks the modes of the multimodal parameters, which a box hides.
+    """
     names = list(estimator.names)
     rows = list(range(len(names)))
     ax.boxplot(
@@ -65,9 +76,19 @@ def posterior_panel(ax, estimator: Estimator, samples: pd.DataFrame, truth: pd.S
         showfliers=False,
         widths=0.6,
     )
+    labelled = False
     if truth is not None:
         true_position = _prior_position(estimator, truth[names].to_frame().T)[0]
         ax.scatter(true_position, rows, color="C3", s=10, zorder=3, label="true value")
+        labelled = True
+    if modes is not None and modes["multimodal"].any():
+        several = [(rows[names.index(n)], m) for n, m in modes["positions"].items()
+                   if modes.loc[n, "multimodal"]]
+        x = [p for _, positions in several for p in positions]
+        y = [row for row, positions in several for _ in positions]
+        ax.scatter(x, y, marker="v", color="C4", s=18, zorder=4, label="modes (multimodal)")
+        labelled = True
+    if labelled:
         ax.legend(loc="lower right", fontsize=7)
     ax.set_yticks(rows, names, fontsize=5)
     ax.invert_yaxis()
@@ -78,11 +99,112 @@ def posterior_panel(ax, estimator: Estimator, samples: pd.DataFrame, truth: pd.S
     )
 
 
-def plot_posterior(estimator: Estimator, samples: pd.DataFrame, truth: pd.Series | None = None):
-    """Figure: every parameter's posterior within its prior range."""
+def plot_posterior(
+    estimator: Estimator,
+    samples: pd.DataFrame,
+    truth: pd.Series | None = None,
+    modes: pd.DataFrame | None = None,
+):
+    """Figure: every parameter's posterior within its prior range (modes marked if given)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 10), constrained_layout=True)
-    posterior_panel(ax, estimator, samples, truth)
+    posterior_panel(ax, estimator, samples, truth, modes)
+    return fig
+
+
+def plot_marginals(estimator: Estimator, samples: pd.DataFrame, modes: pd.DataFrame):
+    """Figure: the marginals of the multimodal parameters within their prior range.
+
+    Per parameter of ``modes`` (a :func:`sbi_twins.diagnostics.multimodal_parameters` table,
+    e.g. its multimodal rows): a histogram of the draws' positions within the prior's range,
+    the density estimate the modes were found on, and each mode with its share of the draws.
+    """
+    # imported here: sbi_twins.diagnostics imports torch (loaded already with an estimator)
+    from ..diagnostics.multimodality import kernel_density, prior_positions
+
+    plt = _pyplot()
+    names = list(modes.index)
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 2.9 * rows),
+                             constrained_layout=True, squeeze=False)
+    positions = prior_positions(samples, estimator.prior)
+    for ax, name in zip(axes.flat, names, strict=False):
+        x = positions[name].to_numpy()
+        grid, density, _ = kernel_density(x, bounds=(0.0, 1.0))
+        ax.hist(x, bins=50, range=(0, 1), density=True, color="0.8")
+        ax.plot(grid, density, color="C0", lw=1.2)
+        row = modes.loc[name]
+        for position, value, weight in zip(row["positions"], row["modes"], row["weights"],
+                                           strict=True):
+            ax.axvline(position, color="C4", lw=1, ls="--")
+            side = "left" if position < 0.15 else "right" if position > 0.85 else "center"
+            ax.annotate(f" {value:.3g} \n {weight:.0%} ", (position, 0.97), xycoords=("data",
+                        "axes fraction"), ha=side, va="top", fontsize=7, color="C4")
+        ax.set(xlim=(0, 1), yticks=[], title=name)
+        ax.title.set_fontsize(9)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("position within the prior range")
+    fig.suptitle("multimodal marginals: draws, density estimate, modes (value, share of draws)",
+                 fontsize=10)
+    return fig
+
+
+def plot_twin_aps(
+    aps: TwinAPs,
+    recorded: RecordedAP | None = None,
+    *,
+    lead_ms: float = 100.0,
+    max_traces: int = 100,
+):
+    """Figure: the twins' spontaneous APs after settling, and a recorded AP if given.
+
+    Left: the last beats of each twin (a stretch from ``lead_ms`` before the last upstroke
+    that leaves a full stretch), the recorded trace from its first upstroke. Right: the same
+    aligned on that upstroke, one AP long. At most ``max_traces`` twins are drawn.
+    """
+    from .action_potentials import aligned_window
+
+    plt = _pyplot()
+    dt = aps.sample_interval_ms
+    duration = aps.voltages.shape[1] * dt
+    cl = np.nanmedian(aps.features["CL"]) if aps.beating.any() else np.nan
+    show = min(duration, max(3000.0, 2.5 * cl) if np.isfinite(cl) else 3000.0)
+    apd = [np.nanmedian(aps.features["APD90"]) if aps.beating.any() else np.nan]
+    if recorded is not None:
+        apd.append(float(recorded.features["APD90"]))
+    zoom = max(500.0, 1.6 * np.nanmax(apd)) if np.isfinite(apd).any() else 500.0
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6), width_ratios=(1.7, 1),
+                                      constrained_layout=True)
+    drawn = 0
+    for v in aps.voltages[:max_traces]:
+        if not np.isfinite(v).all():
+            continue
+        stretch, upstroke = aligned_window(v, dt, show, lead_ms, last=True)
+        t = np.arange(stretch.size) * dt - lead_ms
+        style = {"color": "C1", "alpha": 0.35, "lw": 0.6, "label": "twins" if not drawn else None}
+        left.plot(t / 1000, stretch, **style)
+        if upstroke is not None:
+            right.plot(t[t <= zoom], stretch[t <= zoom], **style)
+        drawn += 1
+    if recorded is not None:
+        rdt = float(recorded.time_ms[1] - recorded.time_ms[0])
+        stretch, upstroke = aligned_window(recorded.potential_mV, rdt, show, lead_ms, last=False)
+        t = np.arange(stretch.size) * rdt - (lead_ms if upstroke is not None else 0.0)
+        label = f"recorded ({recorded.name})"
+        left.plot(t / 1000, stretch, color="k", lw=0.8, label=label)
+        if upstroke is not None:
+            right.plot(t[t <= zoom], stretch[t <= zoom], color="k", lw=1.0, label=label)
+    beating = int(aps.beating.sum())
+    left.set(xlabel="time from the aligned upstroke (s)", ylabel="V (mV)",
+             title=f"last beats of {drawn} twins after {aps.settle_ms / 1000:g} s of settling "
+             f"({beating} of {len(aps.features)} beat)")
+    right.set(xlabel="time from the upstroke (ms)", ylabel="V (mV)", xlim=(-lead_ms, zoom),
+              title="one action potential, aligned on the upstroke")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 
@@ -171,6 +293,9 @@ def _pyplot():
 
 def _prior_position(estimator: Estimator, theta: pd.DataFrame) -> np.ndarray:
     """Where parameter values lie in their prior's range, 0..1 (the logistic of the unbounded
-    coordinate: linear for uniform priors, logarithmic for log-uniform ones).
+    coordinate: linear for uniform priors, logarithmic for log-uniform ones), (N, D).
     """
-    return 1.0 / (1.0 + np.exp(-estimator.prior.to_unbounded(theta)))
+    # imported here: sbi_twins.diagnostics imports torch (loaded already with an estimator)
+    from ..diagnostics.multimodality import prior_positions
+
+    return prior_positions(theta, estimator.prior).to_numpy()
