@@ -26,8 +26,9 @@ limit, so a case that allocates without bound or hangs cannot harm the machine) 
 The fit cases start from one cell simulated by the bundled ``default`` estimator (clark2022,
 0.1 ms, pA/pF), written as the issue describes each input (the CSV tables as ``sbi-twins demo``
 writes its example cell); "right answer" there means the observation the estimator sees is the
-clean cell's. They use a copy of the bundled estimator that keeps its misspecification reference
-(computed once, as ``fit`` would on first use), so each fit does not simulate 400 cells again.
+clean cell's. They use a copy of the bundled estimator that keeps a misspecification reference
+(the bundle's own; for a bundle without one, computed once as ``fit`` would on first use, so
+that each fit does not simulate 400 cells again).
 The training cases start from a finished 2-epoch run on a 12-cell reference dataset.
 
 It also measures what the integrity checks cost when a dataset is first read (synthetic datasets

@@ -265,7 +265,6 @@ def test_an_impossible_sample_interval_is_named(bundle, cell, tmp_path, capsys, 
     assert code == 2 and re.search(rf"(--sample-interval|sample_interval_ms).*{what}", line)
 
 
-@pytest.mark.slow  # the bundled estimator and one clark2022 cell: about 10 s of CPU
 @pytest.mark.xfail(
     strict=True,
     reason="F27: a clark2022 recording at 0.2 ms covers 11455.0 ms of the protocol's 11455.1 "
