@@ -30,6 +30,11 @@ and the fixed ones. They go whole into the cell simulations (``CellModel.simulat
 ``simulate_ap``, which ignore the ``recording.*`` columns: an ideal clamp) and into
 :func:`sbi_twins.recording.simulate_recordings` (which uses them).
 
+A file may start from another prior with ``extends = "<bundled name or .toml path>"`` (a relative
+path is relative to the file): it inherits that prior's model, description and entries, and each
+of its own entries replaces the inherited entry of the same name (or adds one). This is how a
+prior for one rig differs from a general one in a line or two.
+
 Example file::
 
     model = "kernik2019"
@@ -75,6 +80,8 @@ _FIELDS = {
     "fixed": set(),
 }
 _OPTIONAL = {"name", "distribution", "baseline", "value"}
+#: Top-level keys of a prior file.
+_SECTIONS = {"model", "description", "extends", "parameter", "recording"}
 
 
 @dataclass(frozen=True)
@@ -357,10 +364,7 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
     from .engine import load_model
 
     path = _resources.resolve(name_or_path, "priors", ".toml")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: invalid TOML: {e}") from None
+    data = _read_prior_file(path, ())
     if "model" not in data:
         raise ValueError(f"{path}: missing 'model = \"<model name or .mmt path>\"'")
     entries = data.get("parameter", [])
@@ -372,12 +376,6 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
     parameters, seen = [], set()
     sections = [("parameter", e, defaults) for e in entries]
     sections += [("recording", e, recording_defaults) for e in data.get("recording", [])]
-    unknown_sections = sorted(set(data) - {"model", "description", "parameter", "recording"})
-    if unknown_sections:
-        raise ValueError(
-            f"{path}: unknown key(s) {unknown_sections}; a prior file has 'model', "
-            "'description', [[parameter]] and [[recording]] entries"
-        )
     for k, (section, entry, known) in enumerate(sections, start=1):
         if section == "recording" and isinstance(entry.get("name"), str):
             entry = {**entry, "name": PREFIX + entry["name"].removeprefix(PREFIX)}
@@ -386,6 +384,44 @@ def load_prior(name_or_path: str | os.PathLike) -> Prior:
             raise ValueError(f"{path}: parameter '{parameters[-1].name}' is listed twice")
         seen.add(parameters[-1].name)
     return Prior(str(data["model"]), parameters, str(data.get("description", "")), str(path))
+
+
+def _read_prior_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The TOML of a prior file, with the entries of the prior it ``extends`` (recursively)
+    merged in: an entry of this file replaces the base's entry of the same name.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from None
+    unknown_sections = sorted(set(data) - _SECTIONS)
+    if unknown_sections:
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown_sections}; a prior file has 'model', 'description', "
+            "'extends', [[parameter]] and [[recording]] entries"
+        )
+    if "extends" not in data:
+        return data
+    if path in chain:
+        raise ValueError(f"{path}: 'extends' loops back to itself ({' -> '.join(map(str, chain))})")
+    target = data.pop("extends")
+    if not isinstance(target, str):
+        raise ValueError(f"{path}: 'extends' must be a bundled prior name or a .toml path")
+    if target.endswith(".toml") and not Path(target).is_absolute():
+        target = path.parent / target  # a relative path is relative to this file
+    base_path = _resources.resolve(target, "priors", ".toml")
+    base = _read_prior_file(base_path, (*chain, path))
+    if "model" in data and data["model"] != base.get("model"):
+        raise ValueError(
+            f"{path}: model {data['model']!r} differs from {base.get('model')!r} of the prior it "
+            f"extends ({base_path})"
+        )
+    for section in ("parameter", "recording"):
+        own = data.get(section, [])
+        replaced = {e.get("name") for e in own}
+        kept = [e for e in base.get(section, []) if e.get("name") not in replaced]
+        data[section] = kept + own
+    return {**base, **data}
 
 
 def _parse_entry(

@@ -1,4 +1,5 @@
-"""The prior shipped for real cells (priors/kernik2019_real.toml) against the ±40 % prior."""
+"""The priors shipped for real cells (priors/kernik2019_real.toml and its uncompensated variant
+kernik2019_real_rs0.toml) against the ±40 % prior, and prior files that `extends` another."""
 
 import numpy as np
 import pytest
@@ -52,3 +53,43 @@ def test_real_prior_samples_inside_its_bounds(priors):
     rs = theta["recording.rs_MOhm"].to_numpy()
     assert rs.max() > 60  # reaches the access resistances that pm40 (<= 40 MOhm) cannot
     assert np.isfinite(real.log_prob(theta)).all()
+
+
+def test_uncompensated_prior_extends_the_real_prior_with_compensation_fixed_at_zero(priors):
+    _, real = priors
+    rs0 = load_prior("kernik2019_real_rs0")
+    assert rs0.model == real.model
+    assert set(real.names) - set(rs0.names) == {"recording.rs_compensation"}
+    assert rs0.fixed["recording.rs_compensation"] == 0.0
+    inherited = {p.name: p for p in real.parameters if p.name != "recording.rs_compensation"}
+    assert {p.name: p for p in rs0.parameters if p.name in inherited} == inherited
+    assert (rs0.sample(50, seed=0)["recording.rs_compensation"] == 0.0).all()
+
+
+def test_extends_replaces_entries_by_name_and_names_loops_and_model_clashes(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text(
+        'model = "kernik2019"\n[[parameter]]\nname = "ina.g_Na"\ndistribution = "uniform"\n'
+        'low = 0.5\nhigh = 1.5\n[[parameter]]\nname = "ikr.g_Kr"\ndistribution = "uniform"\n'
+        "low = 0.5\nhigh = 1.5\n"
+    )
+    child = tmp_path / "child.toml"
+    child.write_text(
+        'extends = "base.toml"\n[[parameter]]\nname = "ikr.g_Kr"\ndistribution = "log_uniform"\n'
+        "low = 1\nhigh = 8\n"
+    )
+    prior = load_prior(child)
+    assert prior.names == ("ina.g_Na", "ikr.g_Kr")
+    assert prior.parameters[1].distribution == "log_uniform"
+    loop = tmp_path / "loop.toml"
+    loop.write_text('extends = "loop.toml"\n')
+    with pytest.raises(ValueError, match="'extends' loops back to itself"):
+        load_prior(loop)
+    clash = tmp_path / "clash.toml"
+    clash.write_text('extends = "base.toml"\nmodel = "hh1952"\n')
+    with pytest.raises(ValueError, match="model 'hh1952' differs from 'kernik2019'"):
+        load_prior(clash)
+    missing = tmp_path / "missing.toml"
+    missing.write_text('extends = "no_such_prior"\n')
+    with pytest.raises(FileNotFoundError, match="no_such_prior"):
+        load_prior(missing)

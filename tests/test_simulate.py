@@ -10,17 +10,23 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from sbi_twins import Protocol, Segment, load_protocol
 from sbi_twins.data import (
+    STATUS,
     ChunkedArray,
     DatasetMismatchError,
     DatasetSpec,
     open_dataset,
+    simulate_chunk,
     simulate_dataset,
 )
+from sbi_twins.data.spec import RETRY_KEY
+from sbi_twins.recording import protocol_to_toml
 
 PROTOCOL = textwrap.dedent(
     """
@@ -284,3 +290,55 @@ def test_not_a_dataset(tmp_path):
 def test_prior_for_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is for model 'kernik2019', not 'hh1952'"):
         simulate_dataset(tmp_path / "x", 1, DatasetSpec(model="hh1952"), workers=1, progress=False)
+
+
+# -- the retry of cells whose clamp simulation blows up (DatasetSpec.retry_failed) ---------------
+
+#: Root seed whose chunk 0 holds a cell that fails in the default kernel on the overload protocol.
+OVERLOAD_SEED = 5
+
+
+def test_a_new_dataset_retries_failed_cells_and_records_it(reference):
+    assert reference.manifest[RETRY_KEY] is True
+
+
+def test_a_dataset_made_without_the_retry_resumes_without_it(tmp_path, spec):
+    """A manifest without the record is a dataset made before the retry existed: the default
+    spec resumes it with the retry off, as an uninterrupted run without the retry; asking for
+    the retry explicitly is refused as a different setting.
+    """
+    off = replace(spec, retry_failed=False)
+    out = tmp_path / "old"
+    simulate_dataset(out, 5, off, workers=1, progress=False)
+    assert RETRY_KEY not in json.loads((out / "manifest.json").read_text())
+    resumed = simulate_dataset(out, 12, spec, workers=1, progress=False)
+    assert RETRY_KEY not in resumed.manifest
+    _same(resumed, simulate_dataset(tmp_path / "whole", 12, off, workers=1, progress=False))
+    with pytest.raises(DatasetMismatchError, match=f"{RETRY_KEY}: null vs true"):
+        simulate_dataset(out, 12, replace(spec, retry_failed=True), workers=1, progress=False)
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_retry_failed_must_be_a_bool_or_none(value):
+    with pytest.raises(ValueError, match="retry_failed must be True, False or None"):
+        DatasetSpec(retry_failed=value)
+
+
+def test_the_retry_accepts_the_cells_that_failed_and_changes_nothing_else(tmp_path):
+    """clark2022's steps 13-21 then +55 mV overload some cells with calcium, which the default
+    series-resistance kernel cannot integrate (tests/test_accuracy.py, section 2c).
+    """
+    clark = load_protocol("clark2022")
+    segments = (Segment.step(100.0, -80.0), *clark.segments[12:21], Segment.step(100.0, 55.0))
+    path = tmp_path / "overload.toml"
+    path.write_text(protocol_to_toml(Protocol("overload", -80.0, segments)))
+    common = dict(protocol=str(path), chunk_size=16, seed=OVERLOAD_SEED, viability=None)
+    off = simulate_chunk(DatasetSpec(**common, retry_failed=False), 0)
+    on = simulate_chunk(DatasetSpec(**common, retry_failed=True), 0)
+    failed = off["status"] == STATUS.index("simulation_failed")
+    assert failed.any() and (off["status"][~failed] == 0).all()
+    assert (on["status"] == 0).all()
+    np.testing.assert_array_equal(on["theta"], off["theta"])
+    np.testing.assert_array_equal(on["seeds"], off["seeds"])
+    np.testing.assert_array_equal(on["observations"][~failed], off["observations"])
+    assert np.isfinite(on["observations"]).all()

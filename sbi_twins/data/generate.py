@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .dataset import (
     read_manifest,
 )
 from .executors import Executor
-from .spec import STATUS, DatasetSpec, setup, simulate_chunk
+from .spec import RETRY_KEY, STATUS, DatasetSpec, setup, simulate_chunk
 
 #: Candidate draws a run makes before it may give up for low acceptance...
 MIN_JUDGED_DRAWS = 2000
@@ -77,7 +78,9 @@ def simulate_dataset(
     n : int
         Number of accepted cells wanted.
     spec : DatasetSpec, optional
-        Model, prior, protocol, seed, filter... (defaults: the bundled Kernik 2019 set-up).
+        Model, prior, protocol, seed, filter... (defaults: the bundled Kernik 2019 set-up). Its
+        ``retry_failed = None`` is decided here: on for a new dataset, as recorded for an
+        existing one (see :class:`DatasetSpec`).
     workers : int, optional
         Local worker processes (default: all cores). 1 runs in this process. Workers are
         started with ``spawn``, so a script that calls this must guard its top level with
@@ -113,8 +116,8 @@ def simulate_dataset(
     check_integer("max_draws", max_draws, minimum=1, what="candidate draws")
     workers = (os.cpu_count() or 1) if workers is None else workers
     check_integer("workers", workers, minimum=1)
-    spec = spec or DatasetSpec()
     directory = Path(out)
+    spec = _decide_retry(spec or DatasetSpec(), directory)
     # loading checks model, prior, protocol and that a chunk fits in memory
     manifest = setup(spec).manifest()
     _prepare(directory, manifest)
@@ -135,6 +138,17 @@ def simulate_dataset(
         bar.close()
     atomic_write_json(directory / "size.json", {"n": n})
     return Dataset(directory)
+
+
+def _decide_retry(spec: DatasetSpec, directory: Path) -> DatasetSpec:
+    """``spec`` with ``retry_failed`` decided when it is None: what the manifest of an existing
+    dataset records (no record: off, the datasets made before the retry), else on.
+    """
+    if spec.retry_failed is not None:
+        return spec
+    path = directory / MANIFEST
+    recorded = read_manifest(path).get(RETRY_KEY, False) if path.exists() else True
+    return replace(spec, retry_failed=recorded is True)
 
 
 def _run(

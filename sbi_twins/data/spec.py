@@ -34,6 +34,9 @@ from .windows import STORAGE_DTYPE, ObservationScheme
 STATUS = ("accepted", *REASONS[1:])
 #: Version of the dataset layout; a directory of another format is refused.
 DATASET_FORMAT = 1
+#: Manifest key recording that failed cells were simulated again (:attr:`DatasetSpec.retry_failed`);
+#: written only when they were, so the manifests of datasets made before the retry stay valid.
+RETRY_KEY = "retry_failed_cells"
 #: Working memory of one cell of a chunk per sample of its simulated record, in bytes: a chunk is
 #: simulated as one batch, holding the current and the membrane potential (float64) and a
 #: filtered copy; measured at 16-22 bytes per sample on clark2022 (``simulate_recordings``).
@@ -58,6 +61,14 @@ class DatasetSpec:
         The filter (``None``: every cell that simulates is accepted).
     ideal_clamp : bool
         Ignore the prior's recording section: ideal clamp, no noise.
+    retry_failed : bool or None
+        Simulate cells whose clamp integration blew up once more with the model's stiff kernel
+        (see :class:`~sbi_twins.engine.CellModel`) instead of recording them as
+        ``simulation_failed``. ``None`` (the default) lets
+        :func:`~sbi_twins.data.simulate_dataset` decide: on for a new dataset; for an existing
+        one what its manifest records, where no record (a dataset made before the retry
+        existed) means off, so that such a dataset resumes bit-identically. Used directly
+        (:func:`simulate_chunk`), ``None`` means on.
     """
 
     model: str = "kernik2019"
@@ -68,6 +79,7 @@ class DatasetSpec:
     sample_interval_ms: float = 0.1
     viability: ViabilityRules | None = field(default_factory=ViabilityRules)
     ideal_clamp: bool = False
+    retry_failed: bool | None = None
 
     def __post_init__(self) -> None:
         check_integer("seed", self.seed)
@@ -80,6 +92,15 @@ class DatasetSpec:
         for name in ("model", "prior", "protocol"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a bundled name or a path (str)")
+        if self.retry_failed is not None and not isinstance(self.retry_failed, bool):
+            raise ValueError(
+                f"retry_failed must be True, False or None, got {self.retry_failed!r}"
+            )
+
+    @property
+    def retries(self) -> bool:
+        """Whether failed cells are simulated again (``retry_failed``, ``None`` read as on)."""
+        return self.retry_failed is not False
 
 
 class SpecSetup:
@@ -101,6 +122,7 @@ class SpecSetup:
     def manifest(self) -> dict[str, Any]:
         """What makes the dataset: the manifest of its directory."""
         spec = self.spec
+        retry = {RETRY_KEY: True} if spec.retries else {}  # absent: off (see RETRY_KEY)
         return {
             "format": DATASET_FORMAT,
             "model": {"name": self.model.name, "file_sha256": self.model.file_hash},
@@ -120,6 +142,7 @@ class SpecSetup:
             "status_codes": list(STATUS),
             "storage_dtype": np.dtype(STORAGE_DTYPE).name,
             "versions": {"sbi_twins": package_version(), "codegen": CODEGEN_VERSION},
+            **retry,
         }
 
 
@@ -189,7 +212,12 @@ def simulate_chunk(spec: DatasetSpec, k: int) -> dict[str, np.ndarray | pd.DataF
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulationWarning)  # failures are recorded below
             current = simulate_recordings(
-                s.model, s.protocol, theta.iloc[chosen], seeds[chosen], spec.sample_interval_ms
+                s.model,
+                s.protocol,
+                theta.iloc[chosen],
+                seeds[chosen],
+                spec.sample_interval_ms,
+                retry=spec.retries,
             )
         observed = s.scheme.apply(current, allow_nonfinite=True)
         finite = np.isfinite(observed).all(axis=1)

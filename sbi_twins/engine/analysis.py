@@ -5,6 +5,10 @@ The analysis answers the questions the kernel generator needs:
 * which variables are *parameters* (literal constants a user may change per cell),
 * which states are Hodgkin-Huxley gates (integrated with the exact exponential Rush-Larsen update)
   and which are not (integrated explicitly),
+* which of the explicitly integrated states are *linear in themselves*, ``dot(x) = a - b x`` with
+  ``a`` and ``b`` free of ``x`` (occupancies of Markov models such as a ryanodine receptor), and
+  their rate ``b``: the kernels for stiff cells update them exponentially (generalised
+  Rush-Larsen),
 * how every intermediate variable depends on time: on parameters only (``CONST``: evaluated once
   per cell), on the membrane potential only (``VOLT``: evaluated once per constant-voltage clamp
   segment), or on other states (``DYN``: evaluated every step).
@@ -41,6 +45,16 @@ class Gate:
 
     state: myokit.Variable
     inf: myokit.Expression
+    rate: myokit.Expression
+
+
+@dataclass(frozen=True)
+class LinearState:
+    """An explicit state with ``dot(x) = a - rate * x``, where ``a`` and ``rate`` do not depend on
+    ``x`` (they may depend on V and on other states).
+    """
+
+    state: myokit.Variable
     rate: myokit.Expression
 
 
@@ -96,6 +110,10 @@ class ModelAnalysis:
             s for s in self.states if s not in gate_states
         ]
 
+        self.linear_states: list[LinearState] = [
+            linear for linear in map(self._as_linear, self.explicit_states) if linear is not None
+        ]
+
         self._kinds: dict[myokit.Variable, Kind] = {}
         for var in model.variables(deep=True):
             self.kind(var)
@@ -131,6 +149,55 @@ class ModelAnalysis:
             return None
         total = myokit.Plus(myokit.Name(alpha), myokit.Name(beta))
         return Gate(state, myokit.Divide(myokit.Name(alpha), total), total)
+
+    def _as_linear(self, state: myokit.Variable) -> LinearState | None:
+        if state is self.v:
+            return None  # clamped (or, in current clamp, integrated with the step controller)
+        try:
+            slope = self.self_derivative(state)
+        except (NotImplementedError, myokit.MyokitError):
+            return None  # a function myokit cannot differentiate: keep the explicit update
+        if self._depends_on(slope, state, {}):
+            return None
+        return LinearState(state, myokit.PrefixMinus(slope))
+
+    def self_derivative(self, state: myokit.Variable) -> myokit.Expression:
+        """The partial derivative of ``dot(state)`` with respect to ``state``.
+
+        Other states are held fixed; intermediate variables are differentiated through (myokit's
+        ``PartialDerivative`` placeholders are replaced by their expressions, recursively), so
+        the result refers only to parameters, states, bound variables and intermediate
+        variables of the model.
+        """
+        lhs = myokit.Name(state)
+
+        def resolve(expr: myokit.Expression) -> myokit.Expression:
+            subst = {
+                ref: resolve(ref.dependent_expression().var().rhs().diff(lhs))
+                for ref in expr.walk(myokit.PartialDerivative)
+            }
+            return expr.clone(subst=subst) if subst else expr
+
+        return resolve(state.rhs().diff(lhs))
+
+    def _depends_on(
+        self, expr: myokit.Expression, state: myokit.Variable, memo: dict[myokit.Variable, bool]
+    ) -> bool:
+        """Whether ``expr`` refers to ``state``, directly or through intermediate variables (not
+        through other states, which are held fixed).
+        """
+        for ref in expr.references():
+            var = ref.var()
+            if var is state:
+                return True
+            if var.is_state() or var.binding() is not None or var in self._parameter_set:
+                continue
+            if var not in memo:
+                memo[var] = False  # the model is acyclic; this only guards the recursion
+                memo[var] = self._depends_on(var.rhs(), state, memo)
+            if memo[var]:
+                return True
+        return False
 
     def kind(self, var: myokit.Variable) -> Kind:
         """How often ``var`` changes in a simulation (see :class:`Kind`)."""

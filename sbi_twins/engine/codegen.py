@@ -23,6 +23,26 @@ Current clamp uses the same step with an error-controlled step size: the differe
 midpoint and the Euler update is the local error estimate of the Euler step, a conservative bound
 for the midpoint step; steps are rejected when it exceeds the tolerance, and they land exactly on
 output samples and stimulus edges.
+
+Stiff variants of the clamp kernels
+-----------------------------------
+The explicit midpoint step is unstable once a state relaxes faster than about ``2 / h``. In
+Kernik 2019 that happens to the ryanodine-receptor states of calcium-overloaded cells (their
+rates grow with Cai**2 and reach thousands per ms; about 8 % of the +-40 % prior's draws on
+``clark2022``), which then blow up under the clamp while CVODE integrates them. The stiff
+variants (``simulate_vc_stiff``, ``simulate_artefact_stiff``) update every state that is linear
+in itself, ``dx/dt = a - b x`` with ``a, b`` free of ``x`` (:attr:`ModelAnalysis.linear_states`),
+exponentially with its rate ``b`` frozen over the (half) step, as Rush-Larsen does for the gates
+(the generalised Rush-Larsen scheme of Sundnes et al. 2009, IEEE TBME 56:2546)::
+
+    x_mid  = x_n + f0 * phi(b0, h/2)
+    x_n+1  = x_n + (f_mid + b_mid (x_mid - x_n)) * phi(b_mid, h),   phi(b, s) = (1 - e^(-b s)) / b
+
+``f_mid + b_mid (x_mid - x_n)`` is the derivative at ``x_n`` with the midpoint coefficients, so
+the update is exact for frozen coefficients, stable for any rate, and second order like the
+midpoint step. The other states keep the explicit update. The model's engine runs these
+variants only on the cells that failed (``CellModel`` decides; the default kernels stay as
+they are, so results of cells that integrate do not change).
 """
 
 from __future__ import annotations
@@ -40,7 +60,10 @@ from . import vmath
 from .analysis import Kind, ModelAnalysis, identifier
 from .vmath import FASTMATH_FLAGS
 
-#: Bump when the generated code changes, so stale kernels in the disk cache are not reused.
+#: Version of the generated kernels, recorded in dataset manifests (a dataset made by another
+#: version is refused). Bump it when the code of an existing kernel changes, i.e. when its numbers
+#: can change. Adding a kernel needs no bump: the cached module is named by the hash of its source,
+#: so stale machine code is never reused anyway.
 CODEGEN_VERSION = "10"
 
 class _Writer(PythonExpressionWriter):
@@ -133,10 +156,17 @@ class KernelSource:
         Expand exp/log/pow into straight-line code (see :class:`_Writer`), so that a loop over
         cells vectorises: the mode of the clamp kernels, whose cells advance in lock step.
         The current-clamp kernel takes adaptive steps per cell and calls ``math`` directly.
+    stiff : bool
+        Update the states that are linear in themselves exponentially (see the module
+        docstring); the clamp kernels are then named with a ``_stiff`` suffix. The current-clamp
+        kernel has no stiff variant (its step controller already shortens the step).
     """
 
-    def __init__(self, analysis: ModelAnalysis, vector_math: bool = False):
+    def __init__(self, analysis: ModelAnalysis, vector_math: bool = False, stiff: bool = False):
         self.a = analysis
+        self.stiff = stiff
+        #: the linear states updated exponentially, with their rates
+        self._linear = {ls.state: ls.rate for ls in analysis.linear_states} if stiff else {}
         self._hoisted = {Kind.CONST: {}, Kind.VOLT: {}}
         self._reciprocals: dict[str, str] = {}
         for expr in self._dyn_expressions(include_v=True):
@@ -150,7 +180,11 @@ class KernelSource:
     # -- hoisting --------------------------------------------------------------------------------
     def _dyn_expressions(self, include_v: bool) -> list[myokit.Expression]:
         variables = self.a.closure(self._targets(include_v), Kind.DYN)
-        return [v.rhs() for v in variables] + [rhs for _, rhs in self.a.explicit_rhs(include_v)]
+        return (
+            [v.rhs() for v in variables]
+            + [rhs for _, rhs in self.a.explicit_rhs(include_v)]
+            + self._rates(include_v)
+        )
 
     def _hoist(self, expr: myokit.Expression) -> None:
         """Lift the largest parameter- or voltage-only sub-expressions of a state-dependent
@@ -196,8 +230,12 @@ class KernelSource:
         return [line for v in variables for line in writer.statement(identifier(v), v.rhs())]
 
     def _targets(self, include_v: bool) -> list[myokit.Expression]:
-        exprs = [rhs for _, rhs in self.a.explicit_rhs(include_v)]
+        exprs = [rhs for _, rhs in self.a.explicit_rhs(include_v)] + self._rates(include_v)
         return exprs + [myokit.Name(self.a.i_ion)]
+
+    def _rates(self, include_v: bool) -> list[myokit.Expression]:
+        """Rates of the exponentially updated states (none unless ``stiff``)."""
+        return [self._linear[s] for s, _ in self.a.explicit_rhs(include_v) if s in self._linear]
 
     def _gate_exprs(self) -> list[myokit.Expression]:
         return [e for g in self.a.gates for e in (g.inf, g.rate)]
@@ -215,10 +253,15 @@ class KernelSource:
         return lines
 
     def _dyn_block(self, include_v: bool, prefix: str) -> list[str]:
-        """State-dependent variables, then the derivatives ``{prefix}{k}`` of explicit states."""
+        """State-dependent variables, then the derivatives ``{prefix}{k}`` of explicit states
+        (and, if ``stiff``, the rates ``{prefix}r{k}`` of the linear ones).
+        """
         lines = self._assign(self.a.closure(self._targets(include_v), Kind.DYN), self._w_dyn)
         for k, (_, rhs) in enumerate(self.a.explicit_rhs(include_v)):
             lines += self._w_dyn.statement(f"{prefix}{k}", rhs)
+        for k, (state, _) in enumerate(self.a.explicit_rhs(include_v)):
+            if state in self._linear:
+                lines += self._w_dyn.statement(f"{prefix}r{k}", self._linear[state])
         return lines
 
     def _const_block(self) -> list[str]:
@@ -240,11 +283,24 @@ class KernelSource:
         return lines
 
     def _advance(self, include_v: bool, fraction: str, deriv: str, decay: str) -> list[str]:
-        """Explicit states ``y = y_saved + fraction*h*deriv``; gates Rush-Larsen with ``decay``."""
-        lines = [
-            f"{identifier(s)} = k_y{k} + {fraction}k_h * {deriv}{k}"
-            for k, (s, _) in enumerate(self.a.explicit_rhs(include_v))
-        ]
+        """Explicit states ``y = y_saved + fraction*h*deriv``; gates Rush-Larsen with ``decay``.
+
+        If ``stiff``, linear states instead take the exponential update of the module docstring:
+        the half step (``fraction`` given) from the saved state; the full step also uses the
+        midpoint value the state holds when it is called.
+        """
+        lines = []
+        for k, (state, _) in enumerate(self.a.explicit_rhs(include_v)):
+            x = identifier(state)
+            if state not in self._linear:
+                lines.append(f"{x} = k_y{k} + {fraction}k_h * {deriv}{k}")
+                continue
+            rate = f"{deriv}r{k}"
+            lines += self._phi(f"k_p{k}", rate, "0.5 * k_h" if fraction else "k_h")
+            if fraction:
+                lines.append(f"{x} = k_y{k} + {deriv}{k} * k_p{k}")
+            else:
+                lines.append(f"{x} = k_y{k} + ({deriv}{k} + {rate} * ({x} - k_y{k})) * k_p{k}")
         lines += [
             f"{identifier(g.state)} = k_inf{k} + (k_g{k} - k_inf{k}) * {decay}{k}"
             for k, g in enumerate(self.a.gates)
@@ -260,14 +316,17 @@ class KernelSource:
     # -- kernels ---------------------------------------------------------------------------------
     def _lane_values(self) -> tuple[list[str], list[str], list[str], list[str]]:
         """Names every clamp kernel keeps per lane: parameters, non-V states, the saved states
-        (explicit ``k_y``, gates ``k_g``) and the derivatives ``k_f`` of the explicit states.
+        (explicit ``k_y``, gates ``k_g``) and the derivatives ``k_f`` of the explicit states
+        (with the rates ``k_fr`` of the exponentially updated ones).
         """
-        n_explicit = len(self.a.explicit_rhs(False))
+        explicit = self.a.explicit_rhs(False)
         params = [identifier(p) for p in self.a.parameters]
         states = [identifier(s) for s in self.a.states if s is not self.a.v]
-        saved = [f"k_y{k}" for k in range(n_explicit)]
+        saved = [f"k_y{k}" for k in range(len(explicit))]
         saved += [f"k_g{k}" for k in range(len(self.a.gates))]
-        return params, states, saved, [f"k_f{k}" for k in range(n_explicit)]
+        derivatives = [f"k_f{k}" for k in range(len(explicit))]
+        derivatives += [f"k_fr{k}" for k, (s, _) in enumerate(explicit) if s in self._linear]
+        return params, states, saved, derivatives
 
     def _lane_loop(
         self, body: list[str], rows: dict[str, int], stores: list[str], load: bool = True
@@ -394,9 +453,11 @@ class KernelSource:
             "params, y0, seg_kind, seg_nsteps, seg_t0, seg_v0, seg_v1, seg_amp, seg_freq, "
             "seg_phase, dt, stride, v_end, t_end, out, ok"
         )
-        return _lane_kernel(
-            "simulate_vc", args, rows, init, "k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end", segment
-        )
+        last = "k_kind, k_n, k_v0, k_t0 = 0, 1, v_end, t_end"
+        return _lane_kernel(self._name("simulate_vc"), args, rows, init, last, segment)
+
+    def _name(self, kernel: str) -> str:
+        return kernel + ("_stiff" if self.stiff else "")
 
     def _phi(self, lhs: str, rate: str, span: str) -> list[str]:
         """``lhs = (1 - exp(-rate*span)) / rate``: the exact step factor of ``dx/dt = F - rate*x``
@@ -548,12 +609,13 @@ class KernelSource:
             "params, y0, nuisance, seg_kind, seg_nsteps, seg_v0, seg_v1, seg_amp, "
             "seg_freq, seg_phase, dt, stride, n_dense, v_start, v_end, out, out_v, ok"
         )
-        return _lane_kernel(
-            "simulate_artefact", args, rows, init, "k_kind, k_n, k_v0 = 0, 1, v_end", segment
-        )
+        last = "k_kind, k_n, k_v0 = 0, 1, v_end"
+        return _lane_kernel(self._name("simulate_artefact"), args, rows, init, last, segment)
 
     def ap_kernel(self) -> str:
         """Current clamp with adaptive steps; output is V at every sample time."""
+        if self.stiff:
+            raise ValueError("the current-clamp kernel has no stiff variant (see KernelSource)")
         v = identifier(self.a.v)
         explicit = self.a.explicit_rhs(True)
         iv = next(k for k, (s, _) in enumerate(explicit) if s is self.a.v)
@@ -617,7 +679,8 @@ class KernelSource:
 
 
 def kernel_module(analysis: ModelAnalysis) -> str:
-    """The complete kernel module of a model: helpers plus the three kernels.
+    """The complete kernel module of a model: helpers, the three kernels and, if the model has
+    states that are linear in themselves, the stiff variants of the two clamp kernels.
 
     The module imports :mod:`sbi_twins.engine.vmath`; Numba's cache does not notice changes in
     another file, so that file's hash is written into the module (whose name is its hash).
@@ -632,7 +695,16 @@ def kernel_module(analysis: ModelAnalysis) -> str:
         + vector.artefact_kernel()
         + "\n\n"
         + KernelSource(analysis).ap_kernel()
+        + _stiff_kernels(analysis)
     )
+
+
+def _stiff_kernels(analysis: ModelAnalysis) -> str:
+    """The stiff clamp kernels, after the others so that their text stays as it was."""
+    if not analysis.linear_states:
+        return ""
+    stiff = KernelSource(analysis, vector_math=True, stiff=True)
+    return "\n\n" + stiff.vc_kernel() + "\n\n" + stiff.artefact_kernel()
 
 
 def _lane_kernel(

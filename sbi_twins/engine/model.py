@@ -7,7 +7,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,12 +54,25 @@ class SimulationWarning(RuntimeWarning):
     """Some cells of a batch could not be simulated (their output rows are NaN)."""
 
 
+#: The clamp simulations retry failed cells with the stiff kernels at this fraction of the step.
+RETRY_STEP_FRACTION = 0.5
+
+
 class CellModel:
     """A cell model compiled to batched Numba kernels.
 
     Use :func:`load_model` to create one. Parameters are the literal constants of the model file,
     addressed by their ``component.variable`` names; every simulation starts from the file's
     initial state unless ``initial_state`` is given.
+
+    **Failed cells.** The clamp simulations integrate explicitly, which blows up when a state
+    relaxes much faster than the step (in Kernik 2019: the ryanodine-receptor states of
+    calcium-overloaded cells). With ``retry`` (the default) such cells are simulated once more
+    with the stiff variant of the kernel at :data:`RETRY_STEP_FRACTION` of the step: the states
+    that are linear in themselves take exponential updates, stable at any rate (generalised
+    Rush-Larsen; :mod:`sbi_twins.engine.codegen`). The other cells keep the default kernel's
+    results. Cells that fail again (or fail in a model without such states, which has no stiff
+    kernel) are NaN rows, and a :class:`SimulationWarning` names them with their parameters.
     """
 
     def __init__(self, model: myokit.Model, path: Path, file_hash: str):
@@ -233,6 +246,7 @@ class CellModel:
         dt_ms: float = 0.2,
         initial_state: np.ndarray | None = None,
         allow_negative: bool = False,
+        retry: bool = True,
     ) -> np.ndarray:
         """Simulate an ideal voltage clamp and return the total ionic current.
 
@@ -253,39 +267,41 @@ class CellModel:
             Initial state, shape (S,) or (N, S), in :attr:`state_names` order.
         allow_negative : bool, default False
             Accept negative conductances (see :meth:`parameter_matrix`).
+        retry : bool, default True
+            Simulate the cells whose integration blew up once more with the stiff kernel (see
+            the class docstring), so that they are not lost.
 
         Returns
         -------
         numpy.ndarray
             Shape (N, T): the current labelled ``cellular_current`` (pA/pF for Kernik 2019) at each
             sample time; samples on a step edge are taken at the new voltage. Rows of cells whose
-            integration blew up are NaN (a :class:`SimulationWarning` names them; when every
-            cell failed it names the protocol's most extreme command as the likely cause).
+            integration blew up (after the retry) are NaN (a :class:`SimulationWarning` names them
+            with their parameters; when every cell failed it names the protocol's most extreme
+            command as the likely cause).
         """
         if not isinstance(protocol, Protocol):
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
         check_positive("dt_ms", dt_ms)
-        h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms / 2)
         theta = self.parameter_matrix(params, allow_negative=allow_negative)
         y0 = self._initial_states(initial_state, theta.shape[0])
-        n_cells = theta.shape[0]
-        n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
-        out = np.empty((n_padded, times.size))
-        ok = np.empty(n_padded, dtype=np.bool_)
-        self._run_kernel(
-            "simulate_vc",
-            theta,
-            y0,
-            *_segment_arrays(protocol, nsteps, with_start_times=True),
-            h,
-            stride,
-            float(protocol.voltage(np.array([times[-1]]))[0]),
-            float(times[-1]),
-            out,
-            ok,
-        )
-        return _flag_failures(out[:n_cells], ok[:n_cells], _protocol_blame(protocol))
+
+        def run(kernel: str, cells: np.ndarray | slice, step_ms: float) -> tuple[list, np.ndarray]:
+            h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, step_ms / 2)
+            rest = (
+                *_segment_arrays(protocol, nsteps, with_start_times=True),
+                h,
+                stride,
+                float(protocol.voltage(np.array([times[-1]]))[0]),
+                float(times[-1]),
+            )
+            return self._run_clamp(kernel, theta[cells], y0[cells], (), rest, times.size, 1)
+
+        (out,), ok = run("simulate_vc", slice(None), dt_ms)
+        retried = retry and self._retry_clamp(run, "simulate_vc", dt_ms, [out], ok)
+        blame = _protocol_blame(protocol)
+        return _flag_failures(out, ok, blame, self._describer(theta), retried)
 
     def simulate_vc_artefacts(
         self,
@@ -298,6 +314,7 @@ class CellModel:
         dense_ms: float = 5.0,
         initial_state: np.ndarray | None = None,
         allow_negative: bool = False,
+        retry: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Simulate voltage clamp through series resistance, with leak and voltage offset.
 
@@ -327,18 +344,22 @@ class CellModel:
             holding command plus offset.
         allow_negative : bool, default False
             Accept negative conductances (see :meth:`parameter_matrix`).
+        retry : bool, default True
+            Simulate the cells whose integration blew up once more with the stiff kernel (see
+            the class docstring).
 
         Returns
         -------
         (numpy.ndarray, numpy.ndarray)
-            Recorded current (pA/pF) and membrane potential (mV), both (N, T).
+            Recorded current (pA/pF) and membrane potential (mV), both (N, T). Rows of cells
+            whose integration blew up (after the retry) are NaN in both (a
+            :class:`SimulationWarning` names them with their parameters).
         """
         if not isinstance(protocol, Protocol):
             protocol = load_protocol(protocol)
         times = protocol.times(sample_interval_ms)
         check_positive("dt_ms", dt_ms)
         check_number("dense_ms", dense_ms, minimum=0.0)
-        h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, dt_ms)
         theta = self.parameter_matrix(params, allow_negative=allow_negative)
         n_cells = theta.shape[0]
         clamp = np.asarray(clamp, dtype=float)
@@ -352,29 +373,82 @@ class CellModel:
         if not (np.isfinite(clamp).all() and (clamp[:, 0] > 0).all()):
             raise ValueError("clamp values must be finite, with tau_ms > 0")
         y0 = self._initial_states(initial_state, n_cells)
-        n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES
-        out = np.empty((n_padded, times.size))
-        out_v = np.empty((n_padded, times.size))
-        ok = np.empty(n_padded, dtype=np.bool_)
-        self._run_kernel(
-            "simulate_artefact",
-            theta,
-            y0,
-            np.ascontiguousarray(clamp),
-            *_segment_arrays(protocol, nsteps, with_start_times=False),
-            h,
-            stride,
-            math.ceil(dense_ms / h - 1e-9),
-            float(protocol.voltage(np.array([0.0]))[0]),
-            float(protocol.voltage(np.array([times[-1]]))[0]),
-            out,
-            out_v,
-            ok,
+
+        def run(kernel: str, cells: np.ndarray | slice, step_ms: float) -> tuple[list, np.ndarray]:
+            h, stride, nsteps = _clamp_grid(protocol, sample_interval_ms, step_ms)
+            rest = (
+                *_segment_arrays(protocol, nsteps, with_start_times=False),
+                h,
+                stride,
+                math.ceil(dense_ms / h - 1e-9),
+                float(protocol.voltage(np.array([0.0]))[0]),
+                float(protocol.voltage(np.array([times[-1]]))[0]),
+            )
+            first = (np.ascontiguousarray(clamp[cells]),)
+            return self._run_clamp(kernel, theta[cells], y0[cells], first, rest, times.size, 2)
+
+        (current, voltage), ok = run("simulate_artefact", slice(None), dt_ms)
+        retried = retry and self._retry_clamp(
+            run, "simulate_artefact", dt_ms, [current, voltage], ok
         )
-        current = _flag_failures(out[:n_cells], ok[:n_cells], _protocol_blame(protocol))
-        voltage = out_v[:n_cells]
-        voltage[~ok[:n_cells]] = np.nan
+        blame = _protocol_blame(protocol)
+        current = _flag_failures(current, ok, blame, self._describer(theta), retried)
+        voltage[~ok] = np.nan
         return current, voltage
+
+    def _run_clamp(
+        self,
+        kernel: str,
+        theta: np.ndarray,
+        y0: np.ndarray,
+        first: tuple,
+        rest: tuple,
+        n_times: int,
+        n_outputs: int,
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Run a clamp kernel as ``kernel(theta, y0, *first, *rest, *outputs, ok)`` on whole
+        blocks of lanes; return the ``n_outputs`` output arrays and ``ok`` of the real cells.
+        """
+        n_cells = theta.shape[0]
+        n_padded = -(-n_cells // self.kernels.LANES) * self.kernels.LANES  # whole blocks
+        outputs = [np.empty((n_padded, n_times)) for _ in range(n_outputs)]
+        ok = np.empty(n_padded, dtype=np.bool_)
+        self._run_kernel(kernel, theta, y0, *first, *rest, *outputs, ok)
+        return [o[:n_cells] for o in outputs], ok[:n_cells]
+
+    def _retry_clamp(
+        self,
+        run: Callable[[str, np.ndarray, float], tuple[list[np.ndarray], np.ndarray]],
+        kernel: str,
+        dt_ms: float,
+        outputs: list[np.ndarray],
+        ok: np.ndarray,
+    ) -> bool:
+        """Run the failed cells of a clamp simulation again with the stiff kernel, in place
+        (``run(kernel, cells, step_ms)`` simulates some cells); True if a retry was made.
+        """
+        failed = np.flatnonzero(~ok)
+        if failed.size == 0 or not self._analysis.linear_states:
+            return False  # nothing failed, or a model without stiff kernels to retry with
+        again, ok_again = run(f"{kernel}_stiff", failed, dt_ms * RETRY_STEP_FRACTION)
+        for output, values in zip(outputs, again, strict=True):
+            output[failed] = values
+        ok[failed] = ok_again
+        return True
+
+    def _describer(self, theta: np.ndarray) -> Callable[[int], str]:
+        """``describe(cell)``: a failed cell's parameters that differ from the model file's, for
+        the failure warning.
+        """
+
+        def describe(cell: int) -> str:
+            same = np.isclose(theta[cell], self.default_parameters, rtol=1e-12, atol=0.0)
+            values = ", ".join(
+                f"{self.parameter_names[k]}={theta[cell, k]:.6g}" for k in np.flatnonzero(~same)
+            )
+            return f"cell {cell}: {values or 'the model file values'}"
+
+        return describe
 
     def simulate_ap(
         self,
@@ -478,7 +552,7 @@ class CellModel:
             ok,
             y_end,
         )
-        out = _flag_failures(out, ok, _AP_BLAME)
+        out = _flag_failures(out, ok, _AP_BLAME, self._describer(theta), retried=False)
         if return_final_state:
             y_end[~ok] = np.nan
             return out, y_end
@@ -544,21 +618,35 @@ def _protocol_blame(protocol: Protocol) -> str:
     )
 
 
-def _flag_failures(out: np.ndarray, ok: np.ndarray, blame: str) -> np.ndarray:
-    """NaN the rows of failed cells and warn; ``blame`` is what to suspect if all failed."""
+#: Failed cells whose parameters a SimulationWarning lists.
+_CELLS_DESCRIBED = 3
+
+
+def _flag_failures(
+    out: np.ndarray, ok: np.ndarray, blame: str, describe: Callable[[int], str], retried: bool
+) -> np.ndarray:
+    """NaN the rows of failed cells and warn; ``blame`` is what to suspect if all failed,
+    ``describe(cell)`` names a failed cell's parameters, ``retried`` says that the failed cells
+    were simulated again with the stiff kernel.
+    """
     if not ok.all():
         bad = np.flatnonzero(~ok)
         out[bad] = np.nan
         shown = ", ".join(map(str, bad[:20])) + (" ..." if bad.size > 20 else "")
+        again = " (also when simulated again with the stiff kernel)" if retried else ""
         if bad.size == ok.size and ok.size > 1:
             advice = f"Every cell failed, so the likely cause is {blame}."
-        elif ok.size == 1:
-            advice = f"Check that parameter set, or {blame}."
         else:
-            advice = "Check those parameter sets."
+            cells = "; ".join(describe(int(c)) for c in bad[:_CELLS_DESCRIBED])
+            more = bad.size - _CELLS_DESCRIBED
+            which = f" ({cells}" + (f"; and {more} more)" if more > 0 else ")")
+            if ok.size == 1:
+                advice = f"Check that parameter set{which}, or {blame}."
+            else:
+                advice = f"Check those parameter sets{which}."
         warnings.warn(
-            f"integration produced non-finite values for {bad.size} cell(s) (index {shown}); "
-            f"their rows are NaN. {advice}",
+            f"integration produced non-finite values for {bad.size} cell(s) (index {shown})"
+            f"{again}; their rows are NaN. {advice}",
             SimulationWarning,
             stacklevel=3,
         )

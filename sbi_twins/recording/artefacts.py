@@ -76,6 +76,7 @@ def simulate_recordings(
     sample_interval_ms: float = 0.1,
     *,
     dt_ms: float = DT_MS,
+    retry: bool = True,
 ) -> np.ndarray:
     """Simulate what the amplifier records for a batch of cells.
 
@@ -95,13 +96,16 @@ def simulate_recordings(
         Sampling interval of the record.
     dt_ms : float
         Integration step of the series-resistance kernel (the ideal clamp uses its own).
+    retry : bool, default True
+        Simulate cells whose integration blew up once more with the stiff kernel (see
+        :class:`~sbi_twins.engine.CellModel`). Datasets made before this existed pass False.
 
     Returns
     -------
     numpy.ndarray
         (N, T) recorded current, pA/pF, on ``protocol.times(sample_interval_ms)``. Cells whose
-        simulation failed are NaN rows (a :class:`~sbi_twins.engine.SimulationWarning` names
-        them).
+        simulation failed (after the retry) are NaN rows (a
+        :class:`~sbi_twins.engine.SimulationWarning` names them).
     """
     if not isinstance(protocol, Protocol):
         protocol = load_protocol(protocol)
@@ -109,10 +113,10 @@ def simulate_recordings(
     table = recording_table(params[recording_columns], len(params))
     # the cell simulations ignore the recording columns
     if is_ideal(table):
-        current = model.simulate_vc(protocol, params, sample_interval_ms)
+        current = model.simulate_vc(protocol, params, sample_interval_ms, retry=retry)
     else:
         current, _ = model.simulate_vc_artefacts(
-            protocol, params, clamp_matrix(table), sample_interval_ms, dt_ms=dt_ms
+            protocol, params, clamp_matrix(table), sample_interval_ms, dt_ms=dt_ms, retry=retry
         )
     return add_noise_and_filter(current, table, seeds, sample_interval_ms)
 
