@@ -1,5 +1,6 @@
 """The priors shipped for real cells (priors/kernik2019_real.toml and its uncompensated variant
-kernik2019_real_rs0.toml) against the ±40 % prior, and prior files that `extends` another."""
+kernik2019_real_rs0.toml) against the ±40 % prior, and prior files that `extends` another.
+"""
 
 import numpy as np
 import pytest
