@@ -38,6 +38,8 @@ Usage::
 
     python benchmarks/faults.py                     # every case against this checkout
     python benchmarks/faults.py --only D06,K01      # some cases (--only F prefix: all F cases)
+    python benchmarks/faults.py --only T03,F21 --merge --no-cost
+        # rerun some cases into the last full run's JSON (their rows replaced, the rerun noted)
     python benchmarks/faults.py --checkout DIR --max-timeout 60 --out /tmp/faults_old.json
         # the same cases against another source tree, e.g. `git archive` of an older commit
 """
@@ -1005,10 +1007,10 @@ CASES = [
     Case("T10", "`train DATASET --out DATASET`", t10),
     Case("C14", "`train --max-epochs 0`",
          partial(_train_option, name="c14", option="--max-epochs", value="0",
-                 expect=r"max[-_]epochs.*>= 1")),
+                 expect=r"--max-epochs.*>= 1")),
     Case("C15", "`train --batch-size 0`",
          partial(_train_option, name="c15", option="--batch-size", value="0",
-                 expect=r"batch[-_]size.*>= 1")),
+                 expect=r"--batch-size.*>= 1")),
     Case("C19", "`train --device tpu`",
          partial(_train_option, name="c19", option="--device", value="tpu",
                  expect=r"device must be 'cpu' or 'cuda'.*'tpu'")),
@@ -1181,6 +1183,13 @@ def markdown(res: dict) -> str:
     for row in res["cases"]:
         counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
     lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    for rerun in res.get("reruns", []):
+        lines += [
+            "",
+            f"Rerun on {rerun['date']} (commit {str(rerun['git_commit'])[:10]}"
+            f"{' with uncommitted changes' if rerun['modified'] else ''}): "
+            + ", ".join(rerun["cases"]),
+        ]
     if res["integrity_cost"]:
         lines += [
             "",
@@ -1208,7 +1217,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-cost", action="store_true", help="skip the integrity-cost measurement")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace those cases' rows in the --out JSON and keep the rest",
+    )
     args = ap.parse_args(argv)
+    if args.merge and not (args.only and args.out.is_file()):
+        ap.error(f"--merge reruns some cases (--only) into an existing --out ({args.out})")
     log = _common.Log()
     env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
     checkout = (args.checkout or _common.REPO).resolve()
@@ -1241,7 +1257,34 @@ def main(argv: list[str] | None = None) -> None:
         "cases": rows,
         "integrity_cost": cost,
     }
-    _common.write_results(res, markdown, args.out, log.elapsed())
+    wall = log.elapsed()
+    if args.merge:
+        res, wall = merged(json.loads(args.out.read_text()), res, wall)
+    _common.write_results(res, markdown, args.out, wall)
+
+
+def merged(previous: dict, rerun: dict, wall_s: float) -> tuple[dict, float]:
+    """The results of ``previous`` with the cases of ``rerun`` replaced (in :data:`CASES`
+    order), the rerun recorded under ``reruns``, and the wall time of both.
+    """
+    new = {row["id"]: row for row in rerun["cases"]}
+    order = {case.id: k for k, case in enumerate(CASES)}
+    kept = [row for row in previous["cases"] if row["id"] not in new]
+    machine = rerun["machine"]
+    modified = _common.git("status", "--porcelain", "--", "sbi_twins", "benchmarks")
+    note = {
+        "date": machine["date"],
+        "git_commit": machine["git_commit"],
+        "modified": bool(modified),
+        "cases": list(new),
+    }
+    res = {
+        **previous,
+        "cases": sorted([*kept, *new.values()], key=lambda row: order.get(row["id"], len(order))),
+        "integrity_cost": rerun["integrity_cost"] or previous["integrity_cost"],
+        "reruns": [*previous.get("reruns", []), note],
+    }
+    return res, previous["wall_s"] + wall_s
 
 
 if __name__ == "__main__":

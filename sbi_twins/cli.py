@@ -14,10 +14,17 @@ import numpy as np
 import pandas as pd
 
 from . import _resources
-from ._util import atomic_write_json, atomic_write_text, package_version
+from ._util import atomic_write_json, atomic_write_text, check_positive, package_version
 
 if TYPE_CHECKING:  # annotations only
     from .recording import Recording
+
+
+def _check_counts(*options: tuple[str, int, int, str]) -> None:
+    """Refuse an integer option below its minimum, naming it: (option, value, minimum, what)."""
+    for option, value, minimum, what in options:
+        if value < minimum:
+            raise ValueError(f"{option} ({what}) must be an integer >= {minimum}, got {value}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -28,14 +35,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .report import plot_demo
     from .twins import simulate_twins
 
-    # checked before anything is simulated or written
-    for option, value, minimum, what in (
+    _check_counts(  # before anything is simulated or written
         ("--samples", args.samples, 2, "posterior draws"),
         ("--twins", args.twins, 1, "twins simulated for the figure"),
         ("--seed", args.seed, 0, "the example cell's seed"),
-    ):
-        if value < minimum:
-            raise ValueError(f"{option} ({what}) must be an integer >= {minimum}, got {value}")
+    )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give the folder to write the results to")
     estimator = load_estimator(args.estimator)
@@ -119,19 +123,29 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The TrainingConfig fields `sbi-twins train` sets (each the ``dest`` of its option).
+TRAINING_OPTIONS = {
+    "max_epochs": "--max-epochs",
+    "flow_max_epochs": "--flow-max-epochs",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "lr_schedule": "--lr-schedule",
+    "ema_decay": "--ema-decay",
+    "n_flows": "--flows",
+}
+
+
 def _train(args: argparse.Namespace) -> int:
     """Train an NPE estimator on a dataset (resumable)."""
     from .inference import TrainingConfig, train_estimator
 
-    config = TrainingConfig(
-        max_epochs=args.max_epochs,
-        flow_max_epochs=args.flow_max_epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        lr_schedule=args.lr_schedule,
-        ema_decay=args.ema_decay,
-        n_flows=args.n_flows,
-    )
+    try:
+        config = TrainingConfig(**{field: getattr(args, field) for field in TRAINING_OPTIONS})
+    except ValueError as error:  # named as the user gave them: the options, not the fields
+        message = str(error)
+        for field, option in TRAINING_OPTIONS.items():
+            message = message.replace(f"TrainingConfig.{field}", option)
+        raise ValueError(message) from None
     estimator = train_estimator(
         args.dataset, args.out, config, device=args.device, progress=not args.quiet
     )
@@ -199,6 +213,9 @@ def _fit(args: argparse.Namespace) -> int:
     from .inference import load_estimator
     from .recording import load_recording
 
+    _check_counts(("--samples", args.samples, 2, "posterior draws"))
+    if args.sample_interval is not None:
+        check_positive("--sample-interval", args.sample_interval)
     recorded_ap = _recorded_ap(args)  # a wrong AP file fails before the fit, not after
     estimator = load_estimator(args.estimator)
     path = Path(args.recording)
@@ -374,10 +391,12 @@ def _print_summary(summary: pd.DataFrame) -> None:
 def _qc(args: argparse.Namespace) -> int:
     """Quality control of recordings: one line per file, the table of every rule to --out."""
     from .physiology import QCRules, qc
+    from .prior import load_prior
     from .protocol import load_protocol
     from .recording import load_recording
 
     protocol = None if args.protocol is None else load_protocol(args.protocol)
+    rules = QCRules() if args.prior is None else QCRules.for_prior(load_prior(args.prior))
     measured = {"cm_pF": args.cm, "rs_MOhm": args.rs, "r_seal_GOhm": args.seal}
     tables, unreadable = [], 0
     for path in args.recordings:
@@ -385,7 +404,7 @@ def _qc(args: argparse.Namespace) -> int:
             recording = load_recording(
                 path, sweep=args.sweep, channel=args.channel, signal_unit=args.unit
             )
-            table = qc(recording, QCRules(), protocol, measured=measured)
+            table = qc(recording, rules, protocol, measured=measured)
         except (ValueError, OSError) as error:
             print(f"{path}: error: {error}", file=sys.stderr)
             unreadable += 1
@@ -633,6 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--out", default=None, help="write every rule of every file to this CSV")
     quality.add_argument(
         "--protocol", default=None, help="the voltage-clamp protocol (name or .toml), if known"
+    )
+    quality.add_argument(
+        "--prior",
+        default=None,
+        help="take the series-resistance limit from this prior's recording model (e.g. "
+        "kernik2019_real_rs0: 70 MOhm); default 40 MOhm",
     )
     quality.add_argument("--cm", type=float, default=None, help="membrane capacitance (pF)")
     quality.add_argument("--rs", type=float, default=None, help="series resistance (MOhm)")

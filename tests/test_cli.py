@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from sbi_twins.cli import build_parser, main
+from sbi_twins.cli import TRAINING_OPTIONS, build_parser, main
 
 
 def test_list_shows_bundled_models_and_protocols(capsys):
@@ -60,14 +60,14 @@ def test_train_with_an_unknown_schedule_is_a_clean_error(tmp_path, capsys):
     args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--lr-schedule", "step"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "lr_schedule must be one of 'constant', 'cosine', got 'step'" in err
+    assert "--lr-schedule must be one of 'constant', 'cosine', got 'step'" in err
 
 
 def test_train_with_an_impossible_averaging_decay_is_a_clean_error(tmp_path, capsys):
     args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--ema-decay", "1.5"]
     assert main(args) == 2
     assert (
-        "ema_decay must be in [0, 1) (0: no weight averaging), got 1.5" in capsys.readouterr().err
+        "--ema-decay must be in [0, 1) (0: no weight averaging), got 1.5" in capsys.readouterr().err
     )
 
 
@@ -77,23 +77,14 @@ def test_train_defaults_are_those_of_training_config():
     from sbi_twins.inference import TrainingConfig
 
     args = build_parser().parse_args(["train", "ds", "--out", "e"])
-    options = (
-        "max_epochs",
-        "flow_max_epochs",
-        "batch_size",
-        "seed",
-        "lr_schedule",
-        "ema_decay",
-        "n_flows",
-    )
-    for option in options:
-        assert getattr(args, option) == getattr(TrainingConfig, option), option
+    for field in TRAINING_OPTIONS:
+        assert getattr(args, field) == getattr(TrainingConfig, field), field
 
 
 def test_train_validates_every_setting_before_touching_the_dataset(tmp_path, capsys):
     args = ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "e"), "--batch-size", "0"]
     assert main(args) == 2
-    assert "TrainingConfig.batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert "--batch-size must be an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
 

@@ -138,11 +138,6 @@ def test_a_damaged_checkpoint_is_named_when_the_run_is_resumed(problem, run_copy
 
 
 @DAMAGED_CHECKPOINTS
-@pytest.mark.xfail(
-    strict=True,
-    reason="T03/T04: the error names the checkpoint but not the cure (delete it to redo its "
-    "stage), nor does the run heal itself (sbi_twins/inference/loop.py load_checkpoint)",
-)
 def test_a_damaged_checkpoint_error_says_how_to_go_on(problem, run_copy, file, damage):
     damage(run_copy / file)
     with pytest.raises(ValueError, match=rf"{file}.*damaged.*(delete|remove)"):
@@ -152,11 +147,6 @@ def test_a_damaged_checkpoint_error_says_how_to_go_on(problem, run_copy, file, d
 # -- T06: too few cells ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="T06: 2 cells (1 training, 1 validation) end in torch's 'Scale must be strictly "
-    "positive.' after a raw std() warning (sbi_twins/inference/rows.py StreamingData)",
-)
 def test_a_dataset_too_small_to_train_on_is_refused_with_its_size(problem, tmp_path):
     with pytest.raises(ValueError, match=r"2 cells.*(at least|needs?|more)"):
         train_estimator(problem["two"], tmp_path / "est", TINY, progress=False)
@@ -165,11 +155,6 @@ def test_a_dataset_too_small_to_train_on_is_refused_with_its_size(problem, tmp_p
 # -- T09, T10: nothing that is not the run's own is overwritten ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="T09: a finished estimator whose checkpoints were deleted is silently replaced by "
-    "one of another protocol (sbi_twins/inference/npe.py train_estimator)",
-)
 def test_a_finished_estimator_of_another_run_is_not_overwritten(problem, run_copy):
     for path in [*run_copy.glob("*checkpoint*"), run_copy / "checkpoint.identity"]:
         path.unlink(missing_ok=True)
@@ -204,11 +189,19 @@ def test_training_into_the_dataset_directory_is_refused_and_the_dataset_kept(
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--max-epochs", "0", "TrainingConfig.max_epochs must be an integer >= 1 (epochs), got 0"),
-        ("--batch-size", "0", "TrainingConfig.batch_size must be an integer >= 1, got 0"),
+        ("--max-epochs", "0", "--max-epochs must be an integer >= 1 (epochs), got 0"),
+        ("--batch-size", "0", "--batch-size must be an integer >= 1, got 0"),
         ("--device", "tpu", "device must be 'cpu' or 'cuda' (or 'cuda:N'), got 'tpu'"),
+        ("--flows", "0", "--flows must be an integer >= 1 (flows in the ensemble), got 0"),
+        ("--flow-max-epochs", "0", "--flow-max-epochs must be an integer >= 1, got 0"),
     ],
-    ids=["C14 --max-epochs 0", "C15 --batch-size 0", "C19 --device tpu"],
+    ids=[
+        "C14 --max-epochs 0",
+        "C15 --batch-size 0",
+        "C19 --device tpu",
+        "--flows 0",
+        "--flow-max-epochs 0",
+    ],
 )
 def test_impossible_training_settings_are_refused_before_anything_is_written(
     problem, tmp_path, capsys, option, value, message

@@ -15,6 +15,7 @@ import pytest
 
 from sbi_twins import cli
 from sbi_twins.physiology import QC_COLUMNS, QC_RULES, QCRules, qc, recording_ap_features
+from sbi_twins.prior import load_prior
 from sbi_twins.protocol import load_protocol
 from sbi_twins.recording import Recording, load_recording
 
@@ -178,6 +179,18 @@ def test_without_command_or_protocol_the_holding_rules_are_not_checked():
 def test_membrane_test_values_beyond_their_thresholds_fail(measured, rule, reason):
     table = qc(voltage_clamp(), measured=measured)
     assert rule in table.attrs["failed"] and reason in row(table, rule)["reason"]
+
+
+def test_the_series_resistance_limit_follows_the_estimators_prior():
+    """65 MΩ fails the default 40 MΩ but lies inside kernik2019_real_rs0's 5-70 MΩ; a prior
+    without an Rs range keeps the default, and other thresholds can be overridden too.
+    """
+    real = QCRules.for_prior(load_prior("kernik2019_real_rs0"))
+    assert real.max_rs_MOhm == 70.0
+    assert row(qc(voltage_clamp(), real, measured={"rs_MOhm": 65.0}), "series_resistance")["passed"]
+    ideal = load_prior("kernik2019_pm40").without_recording()
+    assert QCRules.for_prior(ideal).max_rs_MOhm == QCRules().max_rs_MOhm
+    assert QCRules.for_prior(ideal, max_noise_pA_per_pF=1.0).max_noise_pA_per_pF == 1.0
 
 
 def test_missing_membrane_test_values_are_not_checked_not_failed():

@@ -193,7 +193,8 @@ class ObservationScheme:
         Returns
         -------
         numpy.ndarray
-            float32, shape ``(L,)`` for a 1-D input, else ``(N, L)``.
+            float32, shape ``(L,)`` for a 1-D input, else ``(N, L)``. A window mean beyond
+            float32's range (about 3.4e38) becomes ±inf.
 
         Raises
         ------
@@ -217,7 +218,10 @@ class ObservationScheme:
         if bad_rows.any() and not allow_nonfinite:
             raise ValueError(self._nonfinite_message(bad))
         sums = np.add.reduceat(x, self.starts, axis=-1, dtype=np.float64)
-        out = (sums / self._counts).astype(np.float32)
+        # A mean past float32's range becomes ±inf, as documented: the caller says what that
+        # means for its data, so numpy's bare overflow warning would only come before it.
+        with np.errstate(over="ignore"):
+            out = (sums / self._counts).astype(np.float32)
         # One bad sample makes the whole observation unusable. (For 1-D input `bad_rows` is a
         # 0-d bool, and indexing with a true 0-d bool selects the whole vector.)
         out[bad_rows] = np.nan

@@ -33,7 +33,11 @@ def read_bundle(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     ValueError
         A file whose pickle would run code, a damaged file, or a bundle of another format.
     """
-    data = load_checkpoint(file)
+    data = load_checkpoint(
+        file,
+        cure="copy or download it again (reinstall sbi-twins if it is a bundled estimator), or "
+        "retrain it with `sbi-twins train DATASET --out DIR` (which writes DIR/estimator.pt)",
+    )
     manifest = data.get("manifest") if isinstance(data, dict) else None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found not in READABLE_FORMATS or not isinstance(data.get("state_dict"), dict):

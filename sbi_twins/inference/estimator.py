@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from .. import _resources
-from .._util import check_integer, check_number
+from .._util import MULTIPLE_RTOL, check_integer, check_number, check_positive
 from ..data import Dataset, ObservationScheme
 from ..data.dataset import manifest_differences
 from ..engine import CellModel, SimulationWarning, load_model
@@ -30,6 +31,7 @@ from .config import TrainingConfig
 from .misspecification import (
     ImplausibleRecordingError,
     MisspecificationWarning,
+    PredictiveReference,
     Reference,
     implausibility,
 )
@@ -109,10 +111,24 @@ class Estimator:
     def reduce(self, traces: np.ndarray, sample_interval_ms: float | None = None) -> np.ndarray:
         """Reduce full-rate traces (T,) or (N, T) to observation vectors, checking them.
 
-        A trace sampled at another interval is resampled onto the protocol grid by linear
-        interpolation, with a warning (pass ``sample_interval_ms``); without it, a trace of
-        the wrong length is refused.
+        A trace sampled at another interval (pass ``sample_interval_ms``) is resampled onto the
+        protocol grid by linear interpolation, with a warning. It must have the length of a
+        recording at that interval, a sample at every multiple of it within the protocol, or
+        the interval is refused. When the interval does not divide the protocol's duration, the
+        last sample falls short of the protocol's end by less than one interval, and the grid
+        points past it hold the last sample (as :func:`~sbi_twins.recording.onto_protocol` does
+        for recordings): clark2022 (11455.1 ms) recorded at 0.2 ms ends at 11455.0 ms, so
+        exactly the final point of its 0.1 ms grid is held. Without ``sample_interval_ms``, a
+        trace of the wrong length is refused.
+
+        Raises
+        ------
+        ValueError
+            A sample interval that is not a finite number > 0 or that does not match the
+            trace's length, a trace of the wrong length, or non-finite samples.
         """
+        if sample_interval_ms is not None:
+            sample_interval_ms = check_positive("sample_interval_ms", sample_interval_ms)
         traces = np.asarray(traces, dtype=float)
         if traces.ndim not in (1, 2):
             raise ValueError(f"expected a trace (T,) or traces (N, T), got shape {traces.shape}")
@@ -123,21 +139,29 @@ class Estimator:
         return self.scheme.apply(traces)
 
     def _resample(self, traces: np.ndarray, sample_interval_ms: float) -> np.ndarray:
-        given = np.arange(traces.shape[-1]) * sample_interval_ms
-        if given[-1] < self.protocol.duration_ms - 1e-6:
+        duration, samples = self.protocol.duration_ms, traces.shape[-1]
+        expected = math.floor(duration / sample_interval_ms * (1 + MULTIPLE_RTOL)) + 1
+        if samples != expected:
+            fits = f" (every {duration / (samples - 1):.3g} ms?)" if samples > 1 else ""
             raise ValueError(
-                f"the trace covers {given[-1]:g} ms, the protocol {self.protocol.name} "
-                f"{self.protocol.duration_ms:g} ms"
+                f"sample interval {sample_interval_ms:g} ms does not match the trace's length: "
+                f"a recording of protocol {self.protocol.name!r} ({duration:g} ms) every "
+                f"{sample_interval_ms:g} ms has {expected} samples, this trace {samples}{fits}; "
+                "pass the interval it was recorded at (sample_interval_ms, `sbi-twins fit "
+                "--sample-interval`)"
             )
+        given = np.arange(samples) * sample_interval_ms
+        grid = self.protocol.times(self.sample_interval_ms)
+        held, tiny = grid[-1] - given[-1], 1e-6 * sample_interval_ms
         warnings.warn(
-            f"resampling the trace from {sample_interval_ms} ms to the estimator's "
-            f"{self.sample_interval_ms} ms by linear interpolation",
+            f"resampling the trace from {sample_interval_ms:g} ms to the estimator's "
+            f"{self.sample_interval_ms:g} ms by linear interpolation"
+            + (f", holding its last sample over the final {held:.3g} ms" if held > tiny else ""),
             UserWarning,
             stacklevel=3,
         )
-        grid = self.protocol.times(self.sample_interval_ms)
         rows = np.atleast_2d(traces)
-        out = np.stack([np.interp(grid, given, row) for row in rows])
+        out = np.stack([np.interp(grid, given, row) for row in rows])  # holds the last value
         return out if traces.ndim == 2 else out[0]
 
     def fit(
@@ -167,8 +191,10 @@ class Estimator:
         check_plausibility : bool
             Refuse a recording no training cell could give (flat, a unit mistake, a flipped
             sign: :func:`~sbi_twins.inference.misspecification.implausibility`). Either way a
-            :class:`MisspecificationWarning` says when :meth:`CellPosterior.misspecification`
-            flags the recording as unlike the training cells.
+            :class:`MisspecificationWarning` says when the summary statistic of
+            :meth:`CellPosterior.misspecification` flags the recording as unlike the training
+            cells (``predictive=False``: no simulation, so fitting stays fast; the
+            posterior-predictive statistic is computed only when asked for).
 
         Returns
         -------
@@ -199,6 +225,12 @@ class Estimator:
             )
         posterior = CellPosterior(self, x, preprocessing=notes)
         self._check_plausibility(posterior, refuse=check_plausibility)
+        if not np.isfinite(x).all():  # reached only without the plausibility check
+            raise ValueError(
+                "this recording cannot be fitted even without the plausibility check: "
+                f"{int((~np.isfinite(x)).sum())} of its {x.size} observation windows average "
+                "beyond float32's range (about 3.4e38); give the current in pA/pF"
+            )
         return posterior
 
     def _check_plausibility(self, posterior: CellPosterior, refuse: bool) -> None:
@@ -209,7 +241,7 @@ class Estimator:
                 f"this recording is not one the estimator can fit: {problem} (to fit it "
                 "anyway: check_plausibility=False, or `sbi-twins fit --no-plausibility-check`)"
             )
-        verdict = posterior.misspecification()
+        verdict = posterior.misspecification(predictive=False)  # cheap: no simulation
         if verdict.flag:
             warnings.warn(
                 f"this recording is unlike every cell the estimator was trained on "
@@ -387,7 +419,11 @@ class Estimator:
         )
 
     def misspecification_reference(
-        self, n_cells: int | None = None, seed: int = 1_000_003
+        self,
+        n_cells: int | None = None,
+        seed: int = 1_000_003,
+        *,
+        predictive_cells: int | None = None,
     ) -> Reference:
         """In-distribution summaries that calibrate :meth:`CellPosterior.misspecification`.
 
@@ -395,17 +431,32 @@ class Estimator:
         written by ``sbi-twins train``); with ``n_cells``, or for a bundle without one, that
         many fresh cells made like the training cells (400 by default; simulated on first
         use, then kept with the estimator).
+
+        With ``predictive_cells``, that reference plus a posterior-predictive one
+        (:class:`~sbi_twins.inference.misspecification.PredictiveReference`): the predictive
+        statistic of that many further fresh cells (seed ``seed + 1``), each costing a
+        posterior and :data:`~sbi_twins.inference.misspecification.PREDICTIVE_DRAWS`
+        simulations (about 5 s per cell on the clark2022 protocol), so it is computed only
+        on request; keep it in the manifest (``reference.to_dict()``). Without, the predictive
+        reference is the bundle's, if it has one.
         """
         stored = self.manifest.get("misspecification_reference")
         if n_cells is None and stored is not None:
-            key = ("bundle", 0)
+            key: tuple = ("bundle", 0)
             if key not in self._references:
                 self._references[key] = Reference.from_dict(stored)
-            return self._references[key]
-        key = (n_cells or 400, seed)
-        if key not in self._references:
-            self._references[key] = Reference.from_estimator(self, *key)
-        return self._references[key]
+        else:
+            key = (n_cells or 400, seed)
+            if key not in self._references:
+                self._references[key] = Reference.from_estimator(self, *key)
+        reference = self._references[key]
+        if predictive_cells is None:
+            return reference
+        predictive_key = (*key, "predictive", predictive_cells, seed + 1)
+        if predictive_key not in self._references:
+            made = PredictiveReference.from_estimator(self, predictive_cells, seed + 1)
+            self._references[predictive_key] = replace(reference, predictive=made)
+        return self._references[predictive_key]
 
     @functools.cached_property
     def prior_variance(self) -> pd.Series:

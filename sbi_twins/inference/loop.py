@@ -11,7 +11,7 @@ import contextlib
 import math
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,12 @@ def fit_streaming(
     }
     torch.manual_seed(config.seed)
     if checkpoint.exists():
-        saved = load_checkpoint(checkpoint, device)
+        saved = load_checkpoint(
+            checkpoint,
+            device,
+            cure=f"delete it and rerun the same command: its stage ({label}) trains again from "
+            "the start",
+        )
         module.load_state_dict(saved["module"])
         optimiser.load_state_dict(saved["optimiser"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -213,11 +218,13 @@ def save_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(path: Path, device: str = "cpu") -> Any:
+def load_checkpoint(path: Path, device: str = "cpu", *, cure: str) -> Any:
     """A checkpoint or bundle written by :func:`save_atomic`, read without running code.
 
     Only tensors and plain containers are unpickled (``weights_only=True``): a file whose pickle
-    would run code, or that is damaged, is refused with a ValueError naming it.
+    would run code, or that is damaged, is refused with a ValueError naming it. ``cure`` says
+    how to go on without a damaged file (it depends on what the file is), e.g. "delete it and
+    rerun the same command".
     """
     try:
         # TorchVersion, a str subclass, is in the version records of bundles written before
@@ -228,30 +235,43 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Any:
         raise
     except pickle.UnpicklingError as e:
         refused = next((line for line in str(e).splitlines() if "Unsupported global" in line), "")
-        if not refused:  # not a valid pickle at all: damaged
-            raise ValueError(f"{path} is damaged or not a torch file (unreadable pickle)") from None
-        raise ValueError(
-            f"{path} is refused: it holds more than weights (its pickle would run code or "
-            f"build objects; {refused.strip()}). Only load estimators from sources you trust, "
-            "and retrain it with `sbi-twins train` if it is yours"
-        ) from None
+        if refused:
+            raise ValueError(
+                f"{path} is refused: it holds more than weights (its pickle would run code or "
+                f"build objects; {refused.strip()}). Only load estimators from sources you "
+                "trust, and retrain it with `sbi-twins train` if it is yours"
+            ) from None
+        reason = "unreadable pickle"  # not a valid pickle at all: damaged
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         reason = str(e).split(". ")[0] or type(e).__name__
-        raise ValueError(f"{path} is damaged or not a torch file ({reason})") from None
+    raise ValueError(f"{path} is damaged or not a torch file ({reason}); {cure}")
 
 
-def check_checkpoint_identity(marker: Path, checkpoints: list[Path], identity: str) -> None:
-    """Checkpoints are resumed only by the run that wrote them (same dataset and settings).
+def check_checkpoint_identity(
+    marker: Path, checkpoints: list[Path], identity: str, outputs: Sequence[Path] = ()
+) -> None:
+    """Checkpoints are resumed, and a run's outputs replaced, only by the run that wrote them
+    (same dataset and settings).
 
     ``marker`` holds the identity of the run whose ``checkpoints`` exist; it is written when
-    none exists yet, and a different identity is refused.
+    none exists yet, and a different identity is refused. Existing ``outputs`` (the files a
+    finished run wrote) are refused unless the marker holds ``identity``: without it they are
+    another run's, e.g. a finished one whose checkpoints were deleted.
     """
+    own = marker.exists() and marker.read_text() == identity
     existing = [path for path in checkpoints if path.exists()]
-    if existing:
-        if not marker.exists() or marker.read_text() != identity:
-            raise ValueError(
-                f"{existing[0]} is a checkpoint of another training run (other dataset or "
-                "settings); use another output path or delete the checkpoint"
-            )
-    else:
+    if existing and not own:
+        raise ValueError(
+            f"{existing[0]} is a checkpoint of another training run (other dataset or "
+            "settings); use another output path or delete the checkpoint"
+        )
+    finished = [path for path in outputs if path.exists()]
+    if finished and not own:
+        names = ", ".join(path.name for path in finished)
+        raise ValueError(
+            f"{finished[0].parent} holds {names} of another training run (other dataset or "
+            "settings, or a run whose checkpoints were deleted); write to another output "
+            f"directory, or delete {names} there to train anew in it"
+        )
+    if not existing:
         atomic_write_text(marker, identity)

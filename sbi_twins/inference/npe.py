@@ -43,6 +43,9 @@ from .rows import StreamingData, SummarisedData
 #: of an ensemble: ``flow<k>_checkpoint.pt``).
 CHECKPOINTS = {"summary": "summary_checkpoint.pt", "flow": "flow_checkpoint.pt"}
 
+#: Files of a finished run in its output directory, replaced only by the run that wrote them.
+OUTPUTS = ("estimator.pt", "manifest.json", "training_log.csv")
+
 #: Validation cells whose summaries a bundle keeps as its misspecification reference.
 REFERENCE_CELLS = 2_000
 
@@ -63,7 +66,9 @@ def train_estimator(
         A dataset directory written by ``sbi-twins simulate``.
     out : path
         Output directory: ``estimator.pt`` (weights + manifest), ``manifest.json`` and
-        ``training_log.csv``; one checkpoint per stage while training (rerun to resume).
+        ``training_log.csv``; one checkpoint per stage while training (rerun to resume). One
+        that holds another run's estimator (other dataset or settings, or a finished run whose
+        checkpoints were deleted) is refused, and the estimator kept.
     config : TrainingConfig, optional
         Network and optimisation settings.
     device : str
@@ -99,6 +104,7 @@ def train_estimator(
         out / "checkpoint.identity",
         [out / CHECKPOINTS["summary"], *_flow_checkpoints(out)],
         training_identity(ds, config),
+        [out / name for name in OUTPUTS],
     )
     torch.manual_seed(config.seed)
     summary = build_summary(config, ds.observations.shape[1], prior)

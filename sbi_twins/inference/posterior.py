@@ -89,17 +89,22 @@ class CellPosterior:
         check_integer("n", n, minimum=2, what="draws")
         return predictive_check(self, n, seed)
 
-    def misspecification(self, alpha: float = ALPHA) -> Misspecification:
+    def misspecification(self, alpha: float = ALPHA, predictive: bool = True) -> Misspecification:
         """Is this recording unlike the estimator's training cells? A flag and a p-value,
         uniform for in-distribution recordings (:mod:`sbi_twins.inference.misspecification`).
+
+        With ``predictive`` (and an estimator whose reference has one), the posterior-predictive
+        statistic joins the summary one: a few seconds of simulation
+        (:data:`~sbi_twins.inference.misspecification.PREDICTIVE_DRAWS` draws), the same
+        draws every call. Without, the summary statistic alone, at no simulation cost.
         """
-        return misspecification(self.estimator, self.observation, alpha)
+        return misspecification(self, alpha, predictive)
 
     def summary(self, n: int = 10_000, seed: int | None = None) -> pd.DataFrame:
         """Per parameter: posterior mean, sd, 94% HDI, and contraction ``1 - var_post /
         var_prior`` (1: pinned down by the recording; 0: as uncertain as the prior).
         """
-        return self._summarise(self.sample(n, seed))
+        return self._summarise(self.sample(_summary_draws(n), seed))
 
     def _summarise(self, samples: pd.DataFrame) -> pd.DataFrame:
         theta = samples[list(self.names)].to_numpy()[:, None, :]
@@ -150,17 +155,20 @@ class CellPosterior:
         """Write ``samples.csv``, ``summary.csv`` and ``posterior.nc`` (arviz InferenceData),
         all from the same ``n`` draws, to ``directory``; return the draws and the summary.
         """
-        samples = self.sample(n, seed)
+        samples = self.sample(_summary_draws(n), seed)
         summary = self._summarise(samples)
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "samples.csv", lambda tmp: samples.to_csv(tmp, index=False))
-        atomic_write(
-            out / "summary.csv", lambda tmp: summary.to_csv(tmp, index_label="parameter")
-        )
+        atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index_label="parameter"))
         data = self._inference_data(samples, seed)
         atomic_write(out / "posterior.nc", lambda tmp: data.to_netcdf(str(tmp)))
         return samples, summary
+
+
+def _summary_draws(n: int) -> int:
+    """``n`` if it is enough draws to summarise: a spread (sd, contraction) needs two."""
+    return check_integer("n", n, minimum=2, what="draws: a summary's sd needs two")
 
 
 def _prior_seed(seed: int | None) -> list[int] | None:

@@ -64,25 +64,35 @@ class PredictiveCheck:
         return float(np.mean((low <= self.observed) & (self.observed <= high)))
 
     @property
+    def errors(self) -> np.ndarray:
+        """(L,) observed minus the predictive median of each window."""
+        return self.observed - np.median(self.traces, axis=0)
+
+    @property
+    def z_scores(self) -> np.ndarray:
+        """(L,) :attr:`errors` over the predictive spread (sd over draws, which includes the
+        inferred noise).
+        """
+        return self.errors / np.maximum(self.traces.std(axis=0), 1e-12)
+
+    @property
     def residuals(self) -> pd.DataFrame:
         """Per protocol segment: windows, RMS of (observed - predictive median), the same
-        normalised by the predictive spread (sd over draws, which includes the inferred noise),
-        and the share of windows outside the 90 % band.
+        normalised by the predictive spread (:attr:`z_scores`), and the share of windows
+        outside the 90 % band.
         """
-        median = np.median(self.traces, axis=0)
-        spread = np.maximum(self.traces.std(axis=0), 1e-12)
+        error, z = self.errors, self.z_scores
         low, high = self.band(0.9)
         outside = (self.observed < low) | (self.observed > high)
         rows = []
         for k in np.unique(self.segment):
             w = self.segment == k
-            error = self.observed[w] - median[w]
             rows.append(
                 {
                     "segment": int(k) + 1,
                     "windows": int(w.sum()),
-                    "rms_pA_per_pF": float(np.sqrt(np.mean(error**2))),
-                    "rms_normalised": float(np.sqrt(np.mean((error / spread[w]) ** 2))),
+                    "rms_pA_per_pF": float(np.sqrt(np.mean(error[w] ** 2))),
+                    "rms_normalised": float(np.sqrt(np.mean(z[w] ** 2))),
                     "outside_90": float(outside[w].mean()),
                 }
             )

@@ -7,6 +7,7 @@ good as shuffled rows, and they are read sequentially from disk.
 from __future__ import annotations
 
 import abc
+import itertools
 
 import numpy as np
 import torch
@@ -42,6 +43,17 @@ class RowBlocks(abc.ABC):
             yield self.block(start, min(start + self.batch_size, n))
 
 
+#: Fewest training cells (after the validation split): the flow standardises its inputs by the
+#: training cells' spread, which a single cell does not have.
+MIN_TRAINING_CELLS = 2
+
+
+def split_cells(n: int, validation_fraction: float) -> tuple[int, int]:
+    """The numbers of training and validation cells of ``n`` (at least one validates)."""
+    n_validation = max(1, round(validation_fraction * n))
+    return n - n_validation, n_validation
+
+
 class StreamingData(RowBlocks):
     """Training and validation rows of a dataset, served in blocks of ``(z, x)``.
 
@@ -57,13 +69,35 @@ class StreamingData(RowBlocks):
 
     def __init__(self, dataset: Dataset, prior: Prior, config: TrainingConfig):
         n = len(dataset) if config.max_cells is None else min(len(dataset), config.max_cells)
-        if n < 2:
-            raise ValueError(f"dataset {dataset.directory} has {n} cells; at least 2 are needed")
+        self.n_train, self.n_validation = split_cells(n, config.validation_fraction)
+        if self.n_train < MIN_TRAINING_CELLS:
+            fraction = config.validation_fraction
+            fewest = next(
+                m
+                for m in itertools.count(n + 1)
+                if split_cells(m, fraction)[0] >= MIN_TRAINING_CELLS
+            )
+            capped = n < len(dataset)
+            what = (
+                f"max_cells={n} keeps {n} of the {len(dataset)} cells of dataset "
+                f"{dataset.directory}"
+                if capped
+                else f"dataset {dataset.directory} has {n} cells"
+            )
+            cure = (
+                "raise max_cells"
+                if capped
+                else "simulate more: rerun its `sbi-twins simulate` command with a larger -n"
+            )
+            raise ValueError(
+                f"{what} ({self.n_train} to train on, {self.n_validation} to validate); training "
+                f"needs at least {fewest} with validation_fraction {fraction:g}: "
+                f"{MIN_TRAINING_CELLS} to train on, whose spread standardises the flow's "
+                f"inputs, and 1 to validate; {cure}"
+            )
         self.observations = dataset.observations
         theta = dataset.parameters[list(prior.names)].to_numpy()[:n]
         self.z = torch.as_tensor(prior.to_unbounded(theta), dtype=torch.float32)
-        self.n_validation = max(1, round(config.validation_fraction * n))
-        self.n_train = n - self.n_validation
         self.batch_size = config.batch_size
 
     def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:

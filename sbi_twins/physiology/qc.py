@@ -25,9 +25,11 @@ Amplifier and seal (from the membrane test, ``metadata`` keys ``r_seal_GOhm``, `
 ``series_resistance`` <= 40 MΩ (voltage clamp)
     Lei et al. 2019 require <= 25 MΩ of CHO cells in automated patch. Manual patch of
     iPSC-CMs routinely runs higher (25-38 MΩ in the voltage-clamp trials of Clark et al. 2023),
-    and the estimator's recording model simulates up to 40 MΩ (``priors/kernik2019_pm40.toml``):
-    beyond that a recording lies outside what it was trained on. Not checked in current clamp,
-    where no current flows through Rs at rest.
+    and the default estimator's recording model simulates up to 40 MΩ
+    (``priors/kernik2019_pm40.toml``): beyond that a recording lies outside what it was trained
+    on. :meth:`QCRules.for_prior` takes the limit of another estimator's prior (70 MΩ for
+    ``kernik2019_real``, the prior of ``clark_na_iv``: Clark et al.'s cells reach 66 MΩ). Not
+    checked in current clamp, where no current flows through Rs at rest.
 
 Voltage clamp (on the protocol's segments at the holding level, ``transient_ms`` after their
 start, from ``protocol=`` or rebuilt from the recorded command):
@@ -89,6 +91,7 @@ import pandas as pd
 from scipy import signal
 
 from .._util import check_integer, check_number, check_positive
+from ..prior import Prior
 from ..protocol import Protocol
 from ..recording.alignment import command_differences
 from ..recording.io import CURRENT_CLAMP, VOLTAGE_CLAMP, Recording
@@ -230,6 +233,22 @@ class QCRules:
     def to_dict(self) -> dict[str, Any]:
         """The thresholds as a plain dict."""
         return asdict(self)
+
+    @classmethod
+    def for_prior(cls, prior: Prior, **overrides: Any) -> QCRules:
+        """The default rules with the series-resistance limit of a prior's recording model.
+
+        A recording whose access resistance the estimator's prior cannot produce lies outside
+        what the estimator was trained on, so ``max_rs_MOhm`` becomes the prior's upper bound of
+        ``recording.rs_MOhm`` (70 MΩ for ``kernik2019_real``; a prior without it keeps 40 MΩ).
+        ``overrides`` set any other threshold.
+        """
+        rs = next((p for p in prior.parameters if p.name == "recording.rs_MOhm"), None)
+        if rs is not None and rs.distribution in ("uniform", "log_uniform"):
+            overrides = {"max_rs_MOhm": rs.high, **overrides}
+        elif rs is not None and rs.distribution == "fixed":
+            overrides = {"max_rs_MOhm": rs.value, **overrides}
+        return cls(**overrides)
 
 
 def qc(

@@ -1,6 +1,7 @@
 """Layer 7, reports: figures and self-contained HTML pages drawn from the computing layers."""
 
 from .figures import (
+    plot_amplifier_comparison,
     plot_calibration,
     plot_correlations,
     plot_demo,
@@ -13,6 +14,7 @@ from .html import cell_report, estimator_report, strongest_pairs
 from .screen import plot_screen
 
 __all__ = [
+    "plot_amplifier_comparison",
     "cell_report",
     "estimator_report",
     "plot_calibration",

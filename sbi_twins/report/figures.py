@@ -281,6 +281,40 @@ def plot_calibration(diag):
     return fig
 
 
+def plot_amplifier_comparison(table: pd.DataFrame):
+    """Figure: recording parameters inferred from voltage clamp against the amplifier's readings.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per (cell, parameter): columns ``cell``, ``parameter``, ``unit``, ``median``,
+        ``low``, ``high`` (the posterior's central interval), ``amplifier`` (the reading) and
+        ``prior_low``, ``prior_high`` (the prior's range, shaded), e.g. from
+        ``examples/real_cells.py``.
+    """
+    plt = _pyplot()
+    parameters = list(dict.fromkeys(table["parameter"]))
+    cells = list(dict.fromkeys(table["cell"]))
+    fig, axes = plt.subplots(1, len(parameters), figsize=(4.2 * len(parameters), 3.2),
+                             constrained_layout=True, squeeze=False)
+    for ax, parameter in zip(axes[0], parameters, strict=True):
+        rows = table[table["parameter"] == parameter].set_index("cell").loc[cells]
+        y = np.arange(len(cells))
+        ax.axvspan(rows["prior_low"].iloc[0], rows["prior_high"].iloc[0], color="0.92",
+                   label="prior range")
+        ax.errorbar(rows["median"], y, xerr=[rows["median"] - rows["low"],
+                                             rows["high"] - rows["median"]],
+                    fmt="o", color="C0", capsize=3, label="posterior median, 90 % interval")
+        ax.plot(rows["amplifier"], y, "D", color="k", mfc="none", label="amplifier reading")
+        ax.set(yticks=y, yticklabels=cells if ax is axes[0][0] else [],
+               xlabel=f"{parameter} ({rows['unit'].iloc[0]})", ylim=(-0.6, len(cells) - 0.4))
+        if (rows["prior_high"] / rows["prior_low"]).iloc[0] > 20:
+            ax.set_xscale("log")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    return fig
+
+
 def _pyplot():
     """matplotlib.pyplot on a file backend (no screen needed)."""
     import matplotlib

@@ -87,7 +87,8 @@ def cell_report(
     directory : str or path
         Where to write ``report.html``, ``multimodality.csv`` (one row per parameter,
         :func:`sbi_twins.diagnostics.multimodal_parameters`), ``samples.csv``, ``summary.csv``,
-        ``posterior.nc`` and, with twins' APs, ``twins_ap.csv`` (each twin's AP features).
+        ``posterior.nc`` and, with twins' APs, ``twins_ap.csv`` (each twin's AP features) and
+        ``twins_ap_comparison.csv`` (their ranges, against the recorded AP's if given).
     n : int
         Posterior draws.
     n_predictive : int
@@ -334,6 +335,7 @@ def _twins_ap_body(
     features = aps.features
     atomic_write(out / "twins_ap.csv", lambda tmp: features.to_csv(tmp, index=False))
     comparison = compare_features(aps, recorded)
+    atomic_write(out / "twins_ap_comparison.csv", lambda tmp: comparison.to_csv(tmp))
     beating = int(aps.beating.sum())
     window_s = (aps.voltages.shape[1] - 1) * aps.sample_interval_ms / 1000
     lines = [

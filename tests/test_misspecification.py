@@ -1,0 +1,137 @@
+"""The misspecification flag's posterior-predictive statistic and its Bonferroni combination."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from sbi_twins import load_estimator
+from sbi_twins.inference import MisspecificationWarning
+from sbi_twins.inference import misspecification as mis
+from sbi_twins.inference.misspecification import (
+    PredictiveReference,
+    Reference,
+    bonferroni,
+    predictive_statistic,
+)
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return load_estimator(DATA / "format2_bundle")
+
+
+@pytest.fixture(scope="module")
+def twins(estimator):
+    """Two cells' recordings, and the same cells' recordings with IKr removed."""
+    theta, traces = estimator.simulate_cells(2, seed=33)
+    without = estimator.simulate_recordings(theta.assign(**{"ikr.g_Kr": 0.0}), 33 + np.arange(2))
+    return traces, without
+
+
+def _with_predictive(estimator, calibration):
+    """A copy of ``estimator`` whose bundled reference has a predictive part (not simulated)."""
+    reference = replace(
+        estimator.misspecification_reference(),
+        predictive=PredictiveReference(np.sort(calibration), 30, "made up"),
+    )
+    copy = estimator.tempered(estimator.temperature)
+    copy._references = {}  # its own cache: the fixture's estimator keeps its reference
+    copy.manifest["misspecification_reference"] = reference.to_dict()
+    return copy
+
+
+def test_the_statistic_is_larger_for_a_cell_without_ikr_than_for_its_twin(estimator, twins):
+    for clean, without in zip(*twins, strict=True):
+        fitted = estimator.posteriors(estimator.reduce(clean))[0]
+        broken = estimator.posteriors(estimator.reduce(without))[0]
+        assert predictive_statistic(broken) > 2 * predictive_statistic(fitted)
+
+
+def test_the_statistic_is_seeded_by_the_recording(estimator, twins):
+    traces, _ = twins
+    posterior = estimator.fit(traces[0])
+    assert predictive_statistic(posterior) == predictive_statistic(posterior)
+    assert mis.recording_seed(posterior.observation) == mis.recording_seed(
+        posterior.observation.copy()
+    )
+    assert mis.recording_seed(posterior.observation) != mis.recording_seed(
+        estimator.reduce(traces[1])
+    )
+
+
+def test_the_predictive_reference_is_reproducible_by_seed(estimator):
+    first = PredictiveReference.from_estimator(estimator, 20, seed=5, draws=10)
+    again = PredictiveReference.from_estimator(estimator, 20, seed=5, draws=10)
+    np.testing.assert_array_equal(first.calibration, again.calibration)
+    assert first.source == "20 fresh cells (seed 5), 10 draws each" and first.draws == 10
+    other = PredictiveReference.from_estimator(estimator, 20, seed=6, draws=10)
+    assert not np.array_equal(first.calibration, other.calibration)
+
+
+@pytest.mark.parametrize(
+    ("p_values", "combined"),
+    [((0.004, 0.9), 0.008), ((0.9, 0.004), 0.008), ((0.006, 0.006), 0.012), ((0.3, 0.8), 0.6)],
+)
+def test_bonferroni_flags_when_either_p_value_is_below_half_alpha(p_values, combined):
+    assert bonferroni(*p_values) == pytest.approx(combined)
+    assert (bonferroni(*p_values) < 0.01) == (min(p_values) < 0.01 / 2)
+    assert bonferroni(0.7, 0.8) == 1.0 and bonferroni(0.02) == 0.02
+
+
+def test_a_verdict_combines_both_statistics(estimator, twins):
+    traces, without = twins
+    typical = _with_predictive(estimator, np.linspace(0.5, 3.0, 199))
+    verdict = typical.fit(traces[0]).misspecification()
+    assert verdict.predictive_p_value > 0.05 and verdict.predictive_statistic < 3.0
+    assert verdict.p_value == bonferroni(verdict.summary_p_value, verdict.predictive_p_value)
+    assert not verdict.flag and "Bonferroni" in verdict.note
+    # the same recording without IKr: beyond every reference cell, p = 1 / 200, flagged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MisspecificationWarning)  # fit's summary-only warning
+        posterior = typical.fit(without[0], check_plausibility=False)
+    broken = posterior.misspecification()
+    assert broken.predictive_p_value == pytest.approx(1 / 200) and broken.flag
+    assert broken.p_value == bonferroni(broken.summary_p_value, 1 / 200) <= 2 / 200
+    cheap = posterior.misspecification(predictive=False)
+    assert cheap.predictive_p_value is None and "not asked for" in cheap.note
+    assert cheap.p_value == cheap.summary_p_value == broken.summary_p_value
+
+
+def test_a_bundle_without_a_predictive_reference_uses_the_summary_alone(estimator, twins):
+    stored = estimator.misspecification_reference().to_dict()
+    assert "predictive" not in stored  # as in bundles written before the predictive statistic
+    assert Reference.from_dict(stored).predictive is None
+    verdict = estimator.fit(twins[0][0]).misspecification()
+    assert verdict.predictive_p_value is None and verdict.predictive_statistic is None
+    assert verdict.p_value == verdict.summary_p_value
+    assert verdict.flag == (verdict.p_value < verdict.alpha)
+    assert "no predictive reference" in verdict.note
+
+
+def test_the_predictive_reference_round_trips_through_the_manifest(estimator):
+    made = _with_predictive(estimator, [2.0, 1.0, 3.0] * 7).misspecification_reference()
+    again = Reference.from_dict(made.to_dict())
+    np.testing.assert_array_equal(again.predictive.calibration, np.sort([2.0, 1.0, 3.0] * 7))
+    assert again.predictive.draws == 30 and again.predictive.source == "made up"
+    assert again.predictive.p_value(2.5) == made.predictive.p_value(2.5) == 8 / 22
+
+
+def test_fit_warns_from_the_summary_statistic_without_simulating(estimator, twins, monkeypatch):
+    typical = _with_predictive(estimator, np.linspace(0.5, 3.0, 199))
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("fit ran a predictive check")
+
+    monkeypatch.setattr(mis, "predictive_check", no_simulation)
+    odd = twins[0][1].copy()
+    odd[odd.size // 3 :] *= 4  # as in test_plausibility: no training cell changes between steps
+    with pytest.warns(MisspecificationWarning, match="unlike every cell"):
+        typical.fit(odd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        typical.fit(twins[0][0])
