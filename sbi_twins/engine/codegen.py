@@ -24,6 +24,20 @@ midpoint and the Euler update is the local error estimate of the Euler step, a c
 for the midpoint step; steps are rejected when it exceeds the tolerance, and they land exactly on
 output samples and stimulus edges.
 
+Current clamp in lane blocks
+----------------------------
+The current-clamp kernel comes twice, with the same step and controller. ``simulate_ap_lanes``
+(:meth:`KernelSource.ap_lane_kernel`, the default of ``CellModel.simulate_ap``) advances blocks
+of ``LANES`` cells in vectorised loops, each lane with its own time and step; ``simulate_ap``
+(:meth:`KernelSource.ap_kernel`) integrates one cell at a time with libm's exp/log/pow. Their
+traces differ by rounding only, unless an error estimate sits on its tolerance and the rounding
+changes a step; the cell then differs by what the tolerance allows (6 of 256 Kernik 2019 prior
+draws over 20 s; BENCHMARKS.md). The per-cell kernel is kept, unchanged, for the viability
+filter of dataset generation (``sbi_twins.physiology.check_viability``): datasets record this
+module's :data:`CODEGEN_VERSION` and are regenerated bit for bit by their command, and a verdict
+made with other rounding could differ for a cell on the edge of a rule. No existing kernel
+changed, so the version was not bumped.
+
 Stiff variants of the clamp kernels
 -----------------------------------
 The explicit midpoint step is unstable once a state relaxes faster than about ``2 / h``. In
@@ -65,6 +79,7 @@ from .vmath import FASTMATH_FLAGS
 #: can change. Adding a kernel needs no bump: the cached module is named by the hash of its source,
 #: so stale machine code is never reused anyway.
 CODEGEN_VERSION = "10"
+
 
 class _Writer(PythonExpressionWriter):
     """Myokit's Python expression writer with our identifiers for variables.
@@ -154,8 +169,8 @@ class KernelSource:
         The analysed model.
     vector_math : bool
         Expand exp/log/pow into straight-line code (see :class:`_Writer`), so that a loop over
-        cells vectorises: the mode of the clamp kernels, whose cells advance in lock step.
-        The current-clamp kernel takes adaptive steps per cell and calls ``math`` directly.
+        cells vectorises: the mode of the lane kernels (clamp and current clamp). The per-cell
+        current-clamp kernel (:meth:`ap_kernel`) calls ``math`` directly.
     stiff : bool
         Update the states that are linear in themselves exponentially (see the module
         docstring); the clamp kernels are then named with a ``_stiff`` suffix. The current-clamp
@@ -314,14 +329,16 @@ class KernelSource:
         return [f"{identifier(self.a.pace)} = {expr}"] if self.a.pace is not None else []
 
     # -- kernels ---------------------------------------------------------------------------------
-    def _lane_values(self) -> tuple[list[str], list[str], list[str], list[str]]:
-        """Names every clamp kernel keeps per lane: parameters, non-V states, the saved states
-        (explicit ``k_y``, gates ``k_g``) and the derivatives ``k_f`` of the explicit states
-        (with the rates ``k_fr`` of the exponentially updated ones).
+    def _lane_values(
+        self, include_v: bool = False
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Names every lane kernel keeps per lane: parameters, states (V only if ``include_v``:
+        current clamp), the saved states (explicit ``k_y``, gates ``k_g``) and the derivatives
+        ``k_f`` of the explicit states (with the rates ``k_fr`` of the exponentially updated ones).
         """
-        explicit = self.a.explicit_rhs(False)
+        explicit = self.a.explicit_rhs(include_v)
         params = [identifier(p) for p in self.a.parameters]
-        states = [identifier(s) for s in self.a.states if s is not self.a.v]
+        states = [identifier(s) for s in self.a.states if include_v or s is not self.a.v]
         saved = [f"k_y{k}" for k in range(len(explicit))]
         saved += [f"k_g{k}" for k in range(len(self.a.gates))]
         derivatives = [f"k_f{k}" for k in range(len(explicit))]
@@ -329,14 +346,21 @@ class KernelSource:
         return params, states, saved, derivatives
 
     def _lane_loop(
-        self, body: list[str], rows: dict[str, int], stores: list[str], load: bool = True
+        self,
+        body: list[str],
+        rows: dict[str, int],
+        stores: list[str],
+        load: bool = True,
+        index: str = "{row}, k_c",
     ) -> list[str]:
         """``for k_c in range(LANES)`` over ``body``: per-lane values are loaded from and stored to
-        the work array ``k_w[row, lane]``; everything else is a register temporary.
+        the work array ``k_w[row, lane]`` (``index``: how that element is addressed);
+        everything else is a register temporary.
         """
         used = set(_IDENTIFIER.findall("\n".join(body))) if load else set()
-        loads = [f"{name} = k_w[{row}, k_c]" for name, row in rows.items() if name in used]
-        saves = [f"k_w[{rows[name]}, k_c] = {name}" for name in stores]
+        at = {name: f"k_w[{index.format(row=row)}]" for name, row in rows.items()}
+        loads = [f"{name} = {at[name]}" for name in rows if name in used]
+        saves = [f"{at[name]} = {name}" for name in stores]
         return ["for k_c in range(LANES):", *_indent(loads + body + saves, 1)]
 
     def vc_kernel(self) -> str:
@@ -612,20 +636,36 @@ class KernelSource:
         last = "k_kind, k_n, k_v0 = 0, 1, v_end"
         return _lane_kernel(self._name("simulate_artefact"), args, rows, init, last, segment)
 
+    def _ap_error(self, scale: str = "y_scale[{k}]", nested: bool = False) -> tuple[int, list[str]]:
+        """Index of V among the explicit states, and the lines computing ``k_err``: the largest
+        Euler-midpoint difference over the step, scaled by its tolerance (<= 1 is accepted).
+        ``scale`` is the expression of explicit state ``{k}``'s error scale. ``nested`` gives
+        one statement of nested ``max`` (the same value), so that the lane loops do not assign
+        a variable repeatedly (work for Numba's SSA pass, the slowest part of compiling them).
+        """
+        explicit = self.a.explicit_rhs(True)
+        iv = next(k for k, (s, _) in enumerate(explicit) if s is self.a.v)
+        terms = [
+            f"abs(k_h * (k_m{k} - k_f{k})) / (rtol * (abs(k_y{k}) + {scale.format(k=k)}))"
+            for k in range(len(explicit))
+            if k != iv
+        ]
+        first = f"abs(k_h * (k_m{iv} - k_f{iv})) / atol_v"
+        if nested:
+            err = first
+            for term in terms:
+                err = f"max({err}, {term})"
+            return iv, [f"k_err = {err}"]
+        return iv, [f"k_err = {first}"] + [f"k_err = max(k_err, {term})" for term in terms]
+
     def ap_kernel(self) -> str:
-        """Current clamp with adaptive steps; output is V at every sample time."""
+        """Current clamp with adaptive steps, one cell at a time; output is V at every sample
+        time. The step controller is the one of :meth:`ap_lane_kernel`.
+        """
         if self.stiff:
             raise ValueError("the current-clamp kernel has no stiff variant (see KernelSource)")
         v = identifier(self.a.v)
-        explicit = self.a.explicit_rhs(True)
-        iv = next(k for k, (s, _) in enumerate(explicit) if s is self.a.v)
-        err_lines = [f"k_err = abs(k_h * (k_m{iv} - k_f{iv})) / atol_v"]
-        for k in range(len(explicit)):
-            if k != iv:
-                err_lines.append(
-                    f"k_err = max(k_err, abs(k_h * (k_m{k} - k_f{k})) / "
-                    f"(rtol * (abs(k_y{k}) + y_scale[{k}])))"
-                )
+        iv, err_lines = self._ap_error()
         body = [
             *self._unpack(),
             *self._const_block(),
@@ -654,11 +694,11 @@ class KernelSource:
             *_indent(err_lines, 2),
             "        if k_err <= 1.0 or k_h <= dt_min or not _finite(k_err):",
             "            break",
-            "        k_dtry = max(dt_min, k_h * max(0.2, 0.9 / math.sqrt(k_err)))",
+            f"        k_dtry = {_SHRINK}",
             *_indent(self._advance(True, "", "k_m", "k_df"), 1),
             "    k_t += k_h",
-            "    k_grow = k_h * min(4.0, max(0.2, 0.9 / math.sqrt(max(k_err, 1e-12))))",
-            "    k_dtry = min(dt_max, max(k_dtry, k_grow) if k_cut else k_grow)",
+            f"    k_grow = {_GROW}",
+            f"    k_dtry = {_NEXT}",
             f"    if not _finite({v}):",
             "        k_alive = False",
             "        break",
@@ -676,11 +716,181 @@ class KernelSource:
             body,
         )
 
+    def ap_lane_kernel(self) -> str:
+        """Current clamp with adaptive steps, cells in blocks of ``LANES``; output as
+        :meth:`ap_kernel`.
+
+        Every iteration makes one trial step in every lane of the block, each lane with its own
+        time, step size, next sample and stimulus edge: the step from the current state (the
+        right-hand side at the step start is evaluated afresh every iteration, also after a
+        rejection, when it repeats the previous value), the error estimate, then per lane a
+        select between the step's result (accepted) and the saved state (rejected: the step
+        shrinks). The controller and tolerances are those of :meth:`ap_kernel`, so each lane
+        takes the same steps as that kernel's cell would, up to the rounding of the expanded
+        exp/log/pow (``vector_math``) where an error estimate sits at its tolerance. A lane
+        whose V becomes non-finite stops (``ok`` False); the block stops when every lane has
+        written its last sample. Samples are written in a small loop after the vectorised
+        ones (see :meth:`vc_kernel` on stores in lane loops).
+        """
+        if self.stiff:
+            raise ValueError("the current-clamp kernel has no stiff variant (see KernelSource)")
+        v = identifier(self.a.v)
+        kernel = "simulate_ap_lanes"
+        loop_args = "k_w, dt_max, dt_min, atol_v, rtol, n_samples"
+        iv, err_lines = self._ap_error(scale="k_ys{k}", nested=True)
+        params, states, saved, derivatives = self._lane_values(include_v=True)
+        const = self._const_block()
+        pace = self._set_pace("k_pace")
+        # error scales copied per lane: with a load from another array in a lane loop LLVM
+        # cannot rule out aliasing with the work array and did not vectorise the loop
+        scales = [f"k_ys{k} = y_scale[{k}]" for k in range(len(self.a.explicit_rhs(True)))]
+        control = ["k_t", "k_dtry", "k_next", "k_live", "k_h", "k_cut", "k_target", "k_rec"]
+        control += ["k_pace", "k_edge"]
+        persistent = params + _assigned(const) + _assigned(scales) + states + saved
+        persistent += derivatives + control
+        rows = {name: row for row, name in enumerate(dict.fromkeys(persistent + _assigned(pace)))}
+
+        unpack = [f"{p} = params[k_src, {k}]" for k, p in enumerate(params)]
+        unpack += [f"{identifier(s)} = y0[k_src, {k}]" for k, s in enumerate(self.a.states)]
+        init = self._lane_loop(
+            [
+                "k_src = min(k_c0 + k_c, params.shape[0] - 1)",
+                *unpack,
+                *const,
+                *scales,
+                "k_t = 0.0",
+                "k_dtry = dt_max * 0.25",
+                "k_next = 1.0",  # index of the next sample (a float: it lives in k_w)
+                "k_live = 1.0",
+            ],
+            rows,
+            params
+            + _assigned(const)
+            + _assigned(scales)
+            + states
+            + ["k_t", "k_dtry"]
+            + ["k_next", "k_live"],
+            load=False,
+            index=_FLAT,
+        )
+        start = self._lane_loop(
+            [
+                *pace,
+                *self._set_time("k_t"),
+                *self._volt_block(True, False),
+                *self._dyn_block(True, "k_f"),
+                *self._save(True),
+                "k_h = min(k_dtry, k_target - k_t, k_edge - k_t)",
+                "k_cut = select(k_h < k_dtry, 1.0, 0.0)",
+            ],
+            rows,
+            saved + derivatives + ["k_target", "k_h", "k_cut"] + _assigned(pace),
+            index=_FLAT,
+        )
+        # the full step, or for a rejected lane the saved state
+        kept = [f"k_y{k}" for k in range(len(self.a.explicit_rhs(True)))]
+        kept += [f"k_g{k}" for k in range(len(self.a.gates))]
+        full = [
+            f"{lhs} = select(k_acc, {rhs}, {keep})"
+            for (lhs, rhs), keep in zip(
+                (line.split(" = ", 1) for line in self._advance(True, "", "k_m", "k_df")),
+                kept,
+                strict=True,
+            )
+        ]
+        volt = self._volt_block(True, True)
+        end = [
+            *self._dyn_block(True, "k_m"),
+            *err_lines,
+            # accepted: within tolerance, at the smallest step, or non-finite (then V is)
+            "k_acc = (k_live > 0.0) & ((k_err <= 1.0) | (k_h <= dt_min) | "
+            "(not abs(k_err) < math.inf))",
+            *full,
+            f"k_grow = {_GROW}",
+            f"k_dnext = {_NEXT}",
+            f"k_dtry = select(k_acc, k_dnext, select(k_live > 0.0, {_SHRINK}, k_dtry))",
+            "k_tnew = select(k_acc, k_t + k_h, k_t)",
+            f"k_dead = k_acc & (not abs({v}) < math.inf)",  # see _finite
+            "k_sample = k_acc & (not k_dead) & (k_tnew >= k_target - 1e-9)",
+            "k_t = select(k_sample, k_target, k_tnew)",
+            "k_rec = select(k_sample, 1.0, 0.0)",
+            "k_next = k_next + k_rec",
+            # running 1, done 0, failed -1
+            "k_live = select(k_dead, -1.0, select(k_next >= n_samples, 0.0, k_live))",
+        ]
+        # the midpoint's voltage terms in a loop of their own, as in vc_kernel; the end of the
+        # step reads some of them
+        volt_rows = [n for n in _assigned(volt) if n in set(_IDENTIFIER.findall("\n".join(end)))]
+        for name in volt_rows:
+            rows.setdefault(name, len(rows))
+        mid = self._lane_loop(
+            [
+                f"{v} = k_y{iv} + 0.5 * k_h * k_f{iv}",
+                *self._set_time("k_t + 0.5 * k_h"),
+                *volt,
+                *self._advance(True, "0.5 * ", "k_f", "k_dh"),
+            ],
+            rows,
+            states + volt_rows,
+            index=_FLAT,
+        )
+        step = self._lane_loop(
+            end, rows, states + ["k_dtry", "k_t", "k_rec", "k_next", "k_live"], index=_FLAT
+        )
+
+        def at(name: str) -> str:
+            return f"k_w[{_FLAT.format(row=rows[name])}]"
+
+        body = [
+            f"k_w = np.empty({len(rows)} * LANES)",
+            "k_c0 = k_blk * LANES",
+            "n_samples = out.shape[1]",
+            *init,
+            "for k_c in range(LANES):",
+            f"    out[k_c0 + k_c, 0] = {at(v)}",
+            "k_running = True",
+            "while k_running:",
+            # per lane the next sample time and the stimulus, in a scalar loop: _pace branches
+            # (on the cycle length, the same for all lanes, which LLVM may unswitch by copying
+            # the whole time loop), and this is cheap next to the right-hand sides
+            "    for k_c in range(LANES):",
+            f"        {at('k_target')} = {at('k_next')} * sample_interval",
+            f"        k_p, k_e = _pace({at('k_t')}, cycle_length, stim_duration)",
+            f"        {at('k_pace')} = k_p",
+            f"        {at('k_edge')} = k_e",
+            *[f"    _{kernel}_{part}({loop_args})" for part in ("start", "mid", "end")],
+            "    k_running = False",
+            "    for k_c in range(LANES):",
+            f"        if {at('k_rec')} != 0.0:",
+            f"            out[k_c0 + k_c, nb.int64({at('k_next')}) - 1] = {at(v)}",
+            f"        k_running |= {at('k_live')} > 0.0",
+            "for k_c in range(LANES):",
+            f"    ok[k_c0 + k_c] = {at('k_live')} == 0.0",
+            *[
+                f"    y_end[k_c0 + k_c, {k}] = {at(identifier(s))}"
+                for k, s in enumerate(self.a.states)
+            ],
+        ]
+        # each lane loop of the time loop is a function of its own: Numba's SSA pass takes
+        # time superlinear in the size of a function (measured on Kernik 2019 under load:
+        # 10 min to compile the kernel as one function, 4 min as four)
+        parts = [
+            "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
+            f"def _{kernel}_{part}({loop_args}):\n" + "\n".join(_indent(loop, 1)) + "\n\n\n"
+            for part, loop in (("start", start), ("mid", mid), ("end", step))
+        ]
+        return "".join(parts) + _blocked(
+            kernel,
+            "params, y0, sample_interval, cycle_length, stim_duration, dt_max, dt_min, atol_v, "
+            "rtol, y_scale, out, ok, y_end",
+            body,
+        )
 
 
 def kernel_module(analysis: ModelAnalysis) -> str:
-    """The complete kernel module of a model: helpers, the three kernels and, if the model has
-    states that are linear in themselves, the stiff variants of the two clamp kernels.
+    """The complete kernel module of a model: helpers, the four kernels (the current clamp in
+    lane blocks and per cell) and, if the model has states that are linear in themselves, the
+    stiff variants of the two clamp kernels.
 
     The module imports :mod:`sbi_twins.engine.vmath`; Numba's cache does not notice changes in
     another file, so that file's hash is written into the module (whose name is its hash).
@@ -696,6 +906,8 @@ def kernel_module(analysis: ModelAnalysis) -> str:
         + "\n\n"
         + KernelSource(analysis).ap_kernel()
         + _stiff_kernels(analysis)
+        + "\n\n"
+        + vector.ap_lane_kernel()
     )
 
 
@@ -731,6 +943,13 @@ def _lane_kernel(
         "for k_c in range(LANES):",
         f"    ok[k_c0 + k_c] = k_w[{rows['k_bad']}, k_c] == 0.0",
     ]
+    return _blocked(name, args, body)
+
+
+def _blocked(name: str, args: str, body: list[str]) -> str:
+    """A function over the block ``k_blk`` of ``LANES`` cells, plus its parallel driver over
+    blocks (the arrays' first dimension is a whole number of blocks).
+    """
     return (
         "@nb.njit(fastmath=FASTMATH, error_model='numpy', cache=True)\n"
         f"def _{name}_block(k_blk, {args}):\n" + "\n".join(_indent(body, 1)) + "\n\n\n"
@@ -759,6 +978,19 @@ def _batched(name: str, args: str, body: list[str]) -> str:
     )
 
 
+#: Element ``row, lane`` of the current-clamp lane kernel's flat work array. Its lane loops are
+#: functions of their own, which receive the array: with two-dimensional indexing LLVM cannot
+#: tell that rows do not overlap (the row length is a run-time value) and does not vectorise.
+_FLAT = "{row} * LANES + k_c"
+
+#: The current-clamp step controller (both kernels): the next trial step after a rejected step,
+#: the growth after an accepted one, and the next step after an accepted one (``k_cut``: the
+#: step was shortened to land on a sample or stimulus edge, so the step that was tried before
+#: stays available).
+_SHRINK = "max(dt_min, k_h * max(0.2, 0.9 / math.sqrt(k_err)))"
+_GROW = "k_h * min(4.0, max(0.2, 0.9 / math.sqrt(max(k_err, 1e-12))))"
+_NEXT = "min(dt_max, max(k_dtry, k_grow) if k_cut else k_grow)"
+
 #: Voltage increment (mV) of the one-sided difference for dI/dV in the series-resistance kernel.
 _SLOPE_DV = 1e-3
 
@@ -781,7 +1013,7 @@ import math
 import numba as nb
 import numpy as np
 
-from sbi_twins.engine.vmath import bits_from_double, double_from_bits
+from sbi_twins.engine.vmath import bits_from_double, double_from_bits, select
 
 FASTMATH = set({flags!r})
 #: Cells advanced in lock step by one vectorised loop.

@@ -59,6 +59,22 @@ def bits_from_double(typingctx, value):
     return types.int64(types.float64), codegen
 
 
+@intrinsic
+def select(typingctx, condition, if_true, if_false):
+    """``if_true if condition else if_false`` for floats, as one LLVM ``select``.
+
+    A conditional expression becomes branches and blocks in Numba's IR, whose SSA
+    reconstruction takes minutes on the large loops of the lane kernels; this is one call.
+    """
+    if not (isinstance(condition, types.Boolean) and isinstance(if_true, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return types.float64(types.boolean, types.float64, types.float64), codegen
+
+
 def _horner(var: str, coefficients: list[float]) -> str:
     """``c0 + var*(c1 + var*(...))`` as source text."""
     text = repr(coefficients[-1])
