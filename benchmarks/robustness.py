@@ -43,6 +43,9 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import _common  # noqa: E402
 from _common import finite_or_none as _f  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent / "tests"))  # the CVODE models the accuracy tests use
+from cvode_models import series_resistance_model  # noqa: E402
 from simulator import MODEL_FILE, TIGHT, VC_BAND, myokit_run, myokit_simulation  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "robustness.json"
@@ -64,31 +67,12 @@ ARTEFACT_TIGHT = dict(abs_tol=1e-10, rel_tol=1e-8, max_step_ms=1.0)
 # -------------------------------------------------------------------------------------------
 def artefact_simulation(tolerances: dict | None):
     """A myokit simulation of the model clamped through series resistance, with offset and leak
-    (the construction of ``tests/test_accuracy.py``); returns ``(simulation, index of V)``.
+    (``tests/cvode_models.py``, shared with ``tests/test_accuracy.py``); returns
+    ``(simulation, index of V)``.
     """
     import myokit
 
-    model = myokit.load_model(str(MODEL_FILE))
-    v = model.label("membrane_potential")
-    i_ion = model.label("cellular_current").qname()
-    clamp = model.add_component("xclamp")
-    for name in ("v0", "slope", "t0", "tau", "voff", "gl", "el"):
-        clamp.add_variable(name).set_rhs(0)
-    command = myokit.parse_expression("v0 + slope * (engine.time - t0)", clamp)
-    clamp.add_variable("vc").set_rhs(command)
-    v.set_rhs(
-        myokit.parse_expression(
-            f"(xclamp.vc + xclamp.voff - {v.qname()}) / xclamp.tau "
-            f"- ({i_ion} + xclamp.gl * ({v.qname()} - xclamp.el))",
-            v,
-        )
-    )
-    v_est = clamp.add_variable("vest")
-    v_est.promote(-80.0)
-    v_est.set_rhs(myokit.parse_expression("(vc - vest) / tau", clamp))
-    clamp.add_variable("rec").set_rhs(
-        myokit.parse_expression(f"(vest + voff - {v.qname()}) / tau", clamp)
-    )
+    model, v = series_resistance_model(MODEL_FILE)
     sim = myokit.Simulation(model)
     if tolerances is not None:
         sim.set_tolerance(tolerances["abs_tol"], tolerances["rel_tol"])

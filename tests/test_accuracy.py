@@ -25,6 +25,7 @@ import myokit
 import numpy as np
 import pandas as pd
 import pytest
+from cvode_models import series_resistance_model
 from scipy.integrate import solve_ivp
 
 from sbi_twins import Protocol, Segment, SimulationWarning, load_prior, load_protocol
@@ -285,26 +286,7 @@ ARTEFACT_RMS = 0.15  # pA/pF
 @pytest.fixture(scope="module")
 def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
     """Recorded current of the random cells through the series-resistance clamp, by CVODE."""
-    model = myokit.load_model(str(SIMULATORS / "kernik2019.mmt"))
-    v = model.label("membrane_potential")
-    i_ion = model.label("cellular_current").qname()
-    clamp = model.add_component("xclamp")
-    for name in ("v0", "slope", "t0", "tau", "voff", "gl", "el"):
-        clamp.add_variable(name).set_rhs(0)
-    command = clamp.add_variable("vc")
-    command.set_rhs(myokit.parse_expression("v0 + slope * (engine.time - t0)", clamp))
-    v.set_rhs(
-        myokit.parse_expression(
-            f"(xclamp.vc + xclamp.voff - {v.qname()}) / xclamp.tau "
-            f"- ({i_ion} + xclamp.gl * ({v.qname()} - xclamp.el))",
-            v,
-        )
-    )
-    v_est = clamp.add_variable("vest")
-    v_est.promote(-80.0)
-    v_est.set_rhs(myokit.parse_expression("(vc - vest) / tau", clamp))
-    recorded = clamp.add_variable("rec")
-    recorded.set_rhs(myokit.parse_expression(f"(vest + voff - {v.qname()}) / tau", clamp))
+    model, v = series_resistance_model(SIMULATORS / "kernik2019.mmt")
     sim = _cvode(model)
     proto = step_ramp_protocol
     out = np.empty((N_RANDOM, proto.times(0.1).size))
