@@ -45,7 +45,7 @@ import _common  # noqa: E402
 from _common import finite_or_none as _f  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests"))  # the CVODE models the accuracy tests use
-from cvode_models import series_resistance_model  # noqa: E402
+from cvode_models import run_segments, series_resistance_model  # noqa: E402
 from simulator import MODEL_FILE, TIGHT, VC_BAND, myokit_run, myokit_simulation  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "robustness.json"
@@ -86,7 +86,7 @@ def artefact_run(sim, v_index: int, protocol, params: pd.DataFrame, clamp, v_sta
     """
     import myokit
 
-    times, edges = protocol.times(SAMPLE_MS), protocol.edges_ms
+    times = protocol.times(SAMPLE_MS)
     out = np.full((len(params), times.size), np.nan)
     for i in range(len(params)):
         sim.reset()
@@ -97,22 +97,10 @@ def artefact_run(sim, v_index: int, protocol, params: pd.DataFrame, clamp, v_sta
         state = sim.state()
         state[v_index] = float(v_start[i])
         sim.set_state(state)
-        parts = []
         try:
-            for k, seg in enumerate(protocol.segments):
-                last = k == len(protocol.segments) - 1
-                sim.set_constant("xclamp.v0", seg.v_start_mV)
-                sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
-                sim.set_constant("xclamp.t0", edges[k])
-                sim.set_time(edges[k])
-                upto = edges[k + 1] + (1e-6 if last else -1e-6)
-                log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
-                duration = seg.duration_ms + (SAMPLE_MS / 2 if last else 0.0)
-                d = sim.run(duration, log=["xclamp.rec"], log_times=log_times)
-                parts.append(np.asarray(d["xclamp.rec"]))
+            out[i] = run_segments(sim, protocol, "xclamp.rec", SAMPLE_MS)
         except (myokit.SimulationError, ArithmeticError):
             continue
-        out[i] = np.concatenate(parts)
     return out
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import myokit
+import numpy as np
+
+from sbi_twins import Protocol
 
 
 def series_resistance_model(model_file: str | Path) -> tuple[myokit.Model, myokit.Variable]:
@@ -46,3 +49,30 @@ def series_resistance_model(model_file: str | Path) -> tuple[myokit.Model, myoki
     recorded = clamp.add_variable("rec")
     recorded.set_rhs(myokit.parse_expression(f"(vest + voff - {v.qname()}) / tau", clamp))
     return model, v
+
+
+def run_segments(
+    sim: myokit.Simulation, protocol: Protocol, logged: str, sample_interval_ms: float = 0.1
+) -> np.ndarray:
+    """Run ``sim`` through ``protocol`` one segment at a time and return ``logged`` on
+    ``protocol.times(sample_interval_ms)``.
+
+    Each segment sets the command constants ``xclamp.v0``, ``slope`` and ``t0`` (so the command
+    is smooth within a run, and a sample on a segment edge is taken at the new segment's
+    voltage). May raise ``myokit.SimulationError`` where CVODE fails.
+    """
+    times, edges = protocol.times(sample_interval_ms), protocol.edges_ms
+    parts = []
+    for k, seg in enumerate(protocol.segments):
+        last = k == len(protocol.segments) - 1
+        sim.set_constant("xclamp.v0", seg.v_start_mV)
+        sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
+        sim.set_constant("xclamp.t0", edges[k])
+        sim.set_time(edges[k])
+        upto = edges[k + 1] + (1e-6 if last else -1e-6)
+        log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
+        # the last segment runs half a sample past the end to log the final sample
+        duration = seg.duration_ms + (sample_interval_ms / 2 if last else 0.0)
+        d = sim.run(duration, log=[logged], log_times=log_times)
+        parts.append(np.asarray(d[logged]))
+    return np.concatenate(parts)

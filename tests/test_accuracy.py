@@ -25,7 +25,7 @@ import myokit
 import numpy as np
 import pandas as pd
 import pytest
-from cvode_models import series_resistance_model
+from cvode_models import run_segments, series_resistance_model
 from scipy.integrate import solve_ivp
 
 from sbi_twins import Protocol, Segment, SimulationWarning, load_prior, load_protocol
@@ -184,7 +184,7 @@ def cvode_vc(random_params, step_ramp_protocol) -> np.ndarray:
     out = np.empty((N_RANDOM, proto.times(0.1).size))
     for cell in range(N_RANDOM):
         _set_params(sim, random_params, cell)
-        out[cell] = _run_segments(sim, proto, i_ion)
+        out[cell] = run_segments(sim, proto, i_ion)
     return out
 
 
@@ -201,27 +201,6 @@ def _ideal_clamp_cvode() -> tuple[myokit.Simulation, str]:
         clamp.add_variable(name).set_rhs(0)
     v.set_rhs(myokit.parse_expression("xclamp.v0 + xclamp.slope * (engine.time - xclamp.t0)", v))
     return _cvode(model), i_ion
-
-
-def _run_segments(sim: myokit.Simulation, proto: Protocol, logged: str) -> np.ndarray:
-    """Run ``sim`` through the protocol one segment at a time (setting ``xclamp.v0``,
-    ``slope`` and ``t0``) and return ``logged`` on ``proto.times(0.1)``.
-    """
-    times, edges = proto.times(0.1), proto.edges_ms
-    parts = []
-    for k, seg in enumerate(proto.segments):
-        last = k == len(proto.segments) - 1
-        sim.set_constant("xclamp.v0", seg.v_start_mV)
-        sim.set_constant("xclamp.slope", (seg.v_end_mV - seg.v_start_mV) / seg.duration_ms)
-        sim.set_constant("xclamp.t0", edges[k])
-        sim.set_time(edges[k])
-        upto = edges[k + 1] + (1e-6 if last else -1e-6)
-        log_times = times[(times >= edges[k] - 1e-6) & (times < upto)]
-        # The last (step) segment runs a little past the end to log the final sample.
-        duration = seg.duration_ms + (0.05 if last else 0.0)
-        d = sim.run(duration, log=[logged], log_times=log_times)
-        parts.append(np.asarray(d[logged]))
-    return np.concatenate(parts)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +278,7 @@ def cvode_artefact(random_params, step_ramp_protocol) -> np.ndarray:
         state = sim.state()
         state[v.index()] = -80.0 + voff
         sim.set_state(state)
-        out[cell] = _run_segments(sim, proto, "xclamp.rec")
+        out[cell] = run_segments(sim, proto, "xclamp.rec")
     return out
 
 
@@ -408,7 +387,7 @@ def test_retried_clamp_cells_match_cvode(overload_protocol, overload_draws, over
         for name, value in overload_draws.iloc[cell].items():
             if not name.startswith("recording."):
                 sim.set_constant(name, float(value))
-        err = retried[cell] - _run_segments(sim, overload_protocol, i_ion)
+        err = retried[cell] - run_segments(sim, overload_protocol, i_ion)
         max_abs, rms = np.abs(err).max(), np.sqrt(np.mean(err**2))
         print(f"retried cell {cell}: max|dI| {max_abs:.4f}, RMS {rms:.2e} pA/pF")
         assert max_abs <= VC_MAX_ABS and rms <= VC_RMS
@@ -427,7 +406,7 @@ def test_a_step_to_200_mV_fails_without_the_retry_and_matches_cvode_with_it(kern
     sim, i_ion = _ideal_clamp_cvode()
     for cell in range(2):
         _set_params(sim, params, cell)
-        err = current[cell] - _run_segments(sim, hot, i_ion)
+        err = current[cell] - run_segments(sim, hot, i_ion)
         print(f"+200 mV, cell {cell}: max|dI| {np.abs(err).max():.4f} pA/pF")
         assert np.abs(err).max() <= VC_MAX_ABS and np.sqrt(np.mean(err**2)) <= VC_RMS
 
