@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sbi_twins as st
+from sbi_twins._resources import resolve
 
 DATA = Path(__file__).parent / "data" / "clark_ipsc"
 #: Membrane test of the fixture's cell before this trial (README of tests/data/clark_ipsc).
@@ -40,8 +41,7 @@ def test_it_is_trained_for_uncompensated_sodium_iv_recordings(estimator):
     assert (rs.low, rs.high) == (5.0, 70.0)
     g_kr = next(p for p in prior.parameters if p.name == "ikr.g_Kr")
     assert (g_kr.distribution, g_kr.low, g_kr.high) == ("log_uniform", 1.0, 8.0)
-    bundle = Path(st.__file__).parents[1] / "estimators" / "clark_na_iv.pt"
-    assert bundle.stat().st_size <= 25e6
+    assert resolve("clark_na_iv", "estimators", ".pt").stat().st_size <= 25e6
 
 
 def test_a_real_recording_is_fitted_and_its_clamp_time_constant_matches_the_amplifier(
