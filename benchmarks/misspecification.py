@@ -1,35 +1,34 @@
 """Misspecification flag: false alarms in distribution, detection of recordings unlike it.
 
-``CellPosterior.misspecification()`` compares a recording's learned summary with fresh cells made
-like the estimator's training cells (the summary statistic), and asks how well the posterior
-reproduces the recording (the posterior-predictive statistic); the flag is their Bonferroni
-combination. This script measures how often each flags (summary: p < 0.01, as ``fit``'s warning;
-predictive: p < 0.005; combined: either, the verdict's ``flag``):
+``CellPosterior.misspecification()`` rests on up to three statistics, each calibrated on fresh
+cells made like the estimator's training cells: the **summary** statistic (how far a recording's
+learned summary lies from in-distribution ones), the **prior-excess** statistic (how far the
+summary network's predicted positions stray outside the prior) and, with ``--predictive``, the
+**posterior-predictive** one (how badly the posterior reproduces the recording; simulates). The
+verdict's ``flag`` is their Bonferroni combination at p < 0.01. This script measures how often
+each statistic alone (p < 0.01) and the flag flag:
 
-* **in distribution**: the predictive reference's own cells, fresh cells made exactly like the
-  training cells, each against the other reference cells (leave-one-out; false alarms, target
-  ≤ 5 %). The smallest leave-one-out predictive p-value is 1 / n_reference, so the predictive
-  column cannot flag them; a fresh cell would beat all reference cells with probability
-  1 / (n_reference + 1);
-* deliberately different recordings (target ≥ 95 % flagged each): the first ``--cells``
-  reference cells recorded through an **ideal clamp** (no series resistance, leak, offset,
-  noise or filter), or with **IKr removed** (``ikr.g_Kr`` = 0); fresh cells drawn at **±80 %**
-  instead of ±40 % on every cell parameter (viable ones, recorded like the training cells);
-  each against the whole predictive reference, as a verdict is;
-* input mistakes (the first ``--cells`` reference cells): the trace in **pA** of a 50 pF cell
-  given as pA/pF, **all zeros**, **sign flipped**; summary statistic only (flagged by it at
-  p < 0.005, which the predictive statistic cannot undo).
+* **in distribution**: ``--in-distribution`` fresh cells made exactly like the training cells
+  (seed 1,000,004; never in the bundle's reference, seed 1,000,003): false alarms, target
+  <= 5 %. With ``--predictive``, the first ``--reference-cells`` of them are also the predictive
+  reference (as ``Estimator.misspecification_reference(predictive_cells=...)`` makes it), each
+  compared with the others (leave-one-out);
+* deliberately different recordings (target >= 95 % flagged each): the first ``--cells`` of
+  those cells recorded through an **ideal clamp** (no series resistance, leak, offset, noise or
+  filter), or with **IKr removed** (``ikr.g_Kr`` = 0); fresh cells drawn at **±80 %** instead
+  of ±40 % on every cell parameter (viable ones, recorded like the training cells);
+* input mistakes (the first ``--cells`` cells): the trace in **pA** of a 50 pF cell given as
+  pA/pF, **all zeros**, **sign flipped**; cheap statistics only (their flag is a lower bound:
+  a predictive p-value can only lower the verdict's).
 
-The predictive reference is computed as
-``Estimator.misspecification_reference(predictive_cells=...)`` does (same cells and seeds, about
-5 s per cell), or taken from an earlier run's results (``--predictive-reference``); the results
-keep it, ready for a bundle's manifest (estimators/README.md).
+The results also list, per altered set, the parameters the verdicts most often name as pushed
+outside the prior (``beyond_prior``).
 
 Usage::
 
-    python benchmarks/misspecification.py --cells 30     # 30 altered cells per set, ~26 min
-    python benchmarks/misspecification.py --quick        # the same
-    python benchmarks/misspecification.py                # 100 altered cells per set
+    python benchmarks/misspecification.py                 # 1000 + 200 per set, ~5 min
+    python benchmarks/misspecification.py --quick         # 200 and 30
+    python benchmarks/misspecification.py --cells 30 --predictive   # ~26 min
 """
 
 from __future__ import annotations
@@ -54,10 +53,21 @@ ALPHA = 0.01
 def _extra(ap) -> None:
     ap.add_argument("--estimator", default="default", help="bundled name or estimator directory")
     ap.add_argument(
+        "--in-distribution",
+        type=int,
+        default=None,
+        help="in-distribution cells (default 1000; 200 with --quick)",
+    )
+    ap.add_argument(
+        "--predictive",
+        action="store_true",
+        help="also the posterior-predictive statistic (simulates: ~5 s per cell)",
+    )
+    ap.add_argument(
         "--predictive-reference",
         type=Path,
         default=None,
-        help="results JSON of an earlier run whose predictive reference to reuse",
+        help="results JSON of an earlier --predictive run whose predictive reference to reuse",
     )
     ap.add_argument(
         "--reference-cells",
@@ -94,16 +104,15 @@ def main(argv=None) -> None:
     args, n, _ = _common.parse_args(
         __doc__,
         argv,
-        size=("cells", "altered cells per set", 30, 100),
+        size=("cells", "altered cells per set", 30, 200),
         repeats=(1, 1),
-        quick_help="30 altered cells per set",
+        quick_help="200 in-distribution cells, 30 altered cells per set",
         seed_help=f"offset added to the wide cells' seed {SEED}",
         default_out=DEFAULT_OUT,
         extra=_extra,
     )
     log = _common.Log()
     from sbi_twins import load_estimator, simulate_recordings
-    from sbi_twins.diagnostics.calibration import coverage_interval
     from sbi_twins.inference.misspecification import (
         PREDICTIVE_DRAWS,
         PredictiveReference,
@@ -112,113 +121,127 @@ def main(argv=None) -> None:
     )
 
     estimator = load_estimator(args.estimator)
+    reference = estimator.misspecification_reference()
+    if reference.excess is None:
+        raise SystemExit(f"{args.estimator}'s reference has no prior-excess part: remake it")
     seed = SEED + args.seed
-    summary = estimator.misspecification_reference()
-    alpha = ALPHA
-    earlier = args.predictive_reference
-    if earlier is not None:  # the same cells' statistics, from an earlier run
-        reference = PredictiveReference.from_dict(
-            json.loads(earlier.read_text())["predictive_reference"]
-        )
-    n_ref = args.reference_cells if earlier is None else reference.calibration.size
-    # the cells of Estimator.misspecification_reference(predictive_cells=n_ref) (seed + 1)
-    theta, traces = estimator.simulate_cells(n_ref, seed=REFERENCE_SEED)
+    predictive = args.predictive or args.predictive_reference is not None
+    n_in = args.in_distribution or (200 if args.quick else 1000)
+    earlier = None
+    if args.predictive_reference is not None:  # the same cells' statistics, from an earlier run
+        results = json.loads(args.predictive_reference.read_text())
+        earlier = PredictiveReference.from_dict(results["predictive_reference"])
+    n_ref = earlier.calibration.size if earlier is not None else args.reference_cells
+    n_in = max(n_in, n, n_ref if predictive else 0)
+    theta, traces = estimator.simulate_cells(n_in, seed=REFERENCE_SEED)
     observations = estimator.reduce(traces)
-    if earlier is None:
-        statistics = np.empty(n_ref)
-        for i, posterior in enumerate(estimator.posteriors(observations)):
-            statistics[i] = predictive_statistic(posterior)
-            if (i + 1) % 20 == 0:
-                log(f"predictive reference: {i + 1}/{n_ref} cells")
-        source = f"{n_ref} fresh cells (seed {REFERENCE_SEED}), {PREDICTIVE_DRAWS} draws each"
-        reference = PredictiveReference(np.sort(statistics), PREDICTIVE_DRAWS, source)
-    calibration = reference.calibration
+    log(f"{n_in} in-distribution cells simulated")
+    beyond: dict[str, list[dict[str, str]]] = {}  # per set and cell: its verdict's beyond_prior
+    positions: dict[str, np.ndarray] = {}  # per set: the predicted positions (cells, D)
 
-    def left_out_p(k: int) -> float:
-        """A reference cell's p-value against the other reference cells."""
-        others = np.delete(calibration, k)
-        return PredictiveReference(others, reference.draws, "").p_value(calibration[k])
+    def cheap_p(name: str, xs: np.ndarray) -> dict[str, np.ndarray]:
+        """Summary and prior-excess p-values of observation vectors, as the verdict's."""
+        summaries = summaries_of(estimator, xs)
+        excess = reference.excess.statistic(summaries)
+        beyond[name] = [reference.excess.beyond(row[None], estimator.names) for row in summaries]
+        positions[name] = summaries[:, -len(estimator.names) :]
+        return {
+            "summary": np.array([reference.p_value(v) for v in reference.statistic(summaries)]),
+            "prior-excess": np.array([reference.excess.p_value(v) for v in excess]),
+        }
 
-    def summary_p(observations: np.ndarray) -> np.ndarray:
-        values = summary.statistic(summaries_of(estimator, observations))
-        return np.array([summary.p_value(v) for v in values])
-
-    twins = np.arange(n)  # the altered recordings are of the first n reference cells
+    in_distribution = "in distribution (false alarms)"
+    p_values = {in_distribution: cheap_p(in_distribution, observations)}
+    failed = {}
+    if predictive:
+        if earlier is None:
+            statistics = np.empty(n_ref)
+            for i, posterior in enumerate(estimator.posteriors(observations[:n_ref])):
+                statistics[i] = predictive_statistic(posterior)
+                if (i + 1) % 20 == 0:
+                    log(f"predictive reference: {i + 1}/{n_ref} cells")
+            source = f"{n_ref} fresh cells (seed {REFERENCE_SEED}), {PREDICTIVE_DRAWS} draws each"
+            earlier = PredictiveReference(np.sort(statistics), PREDICTIVE_DRAWS, source)
+        calibration = earlier.calibration
+        left_out = np.full(n_in, np.nan)  # a reference cell against the other reference cells
+        for k in range(n_ref):
+            others = np.delete(calibration, k)
+            left_out[k] = PredictiveReference(others, earlier.draws, "").p_value(calibration[k])
+        p_values[in_distribution]["predictive"] = left_out
+    twins = np.arange(n)  # the altered recordings are of the first n in-distribution cells
     noise_seeds = REFERENCE_SEED + twins  # their noise seeds, as in simulate_cells
     model_only = theta.iloc[:n][list(estimator.prior.model_names)]
-    ideal = simulate_recordings(
-        estimator.cell_model(),
-        estimator.protocol,
-        model_only,
-        noise_seeds,
-        estimator.sample_interval_ms,
-    )
-    no_ikr = estimator.simulate_recordings(theta.iloc[:n].assign(**{"ikr.g_Kr": 0.0}), noise_seeds)
-    wide = estimator.simulate_recordings(_wide_cells(estimator, n, seed), seed + twins)
-    log("test recordings simulated")
-    rows = []
-    in_distribution = {
-        "summary": summary_p(observations),
-        "predictive": [left_out_p(k) for k in range(n_ref)],
+    altered = {
+        "ideal clamp": simulate_recordings(
+            estimator.cell_model(),
+            estimator.protocol,
+            model_only,
+            noise_seeds,
+            estimator.sample_interval_ms,
+        ),
+        "IKr removed": estimator.simulate_recordings(
+            theta.iloc[:n].assign(**{"ikr.g_Kr": 0.0}), noise_seeds
+        ),
+        "±80 % on every cell parameter": estimator.simulate_recordings(
+            _wide_cells(estimator, n, seed), seed + twins
+        ),
     }
-    rows.append(
-        _row("in distribution (false alarms)", in_distribution, 0, alpha, coverage_interval)
-    )
-    for name, recordings in [
-        ("ideal clamp", ideal),
-        ("IKr removed", no_ikr),
-        ("±80 % on every cell parameter", wide),
-    ]:
+    log("altered recordings simulated")
+    for name, recordings in altered.items():
         finite = np.isfinite(recordings).all(axis=1)
+        failed[name] = int((~finite).sum())
         xs = estimator.reduce(recordings[finite])
-        values = [predictive_statistic(p) for p in estimator.posteriors(xs)]
-        p_values = {
-            "summary": summary_p(xs),
-            "predictive": [reference.p_value(v) for v in values],  # as the verdict's
-        }
-        rows.append(_row(name, p_values, int((~finite).sum()), alpha, coverage_interval))
-        rows[-1]["predictive_statistics"] = [float(v) for v in values]
+        p_values[name] = cheap_p(name, xs)
+        if predictive:
+            values = [predictive_statistic(p) for p in estimator.posteriors(xs)]
+            p_values[name]["predictive"] = np.array([earlier.p_value(v) for v in values])
         log(f"{name}: done")
+    statistics = ["summary", "prior-excess"] + (["predictive"] if predictive else [])
     x = observations[:n]
     for name, gross in [
         ("pA of a 50 pF cell given as pA/pF", x * 50),
         ("all zeros", np.zeros_like(x)),
         ("sign flipped", -x),
-    ]:  # flagged by the summary alone (p < alpha / 2): the predictive one cannot unflag
-        rows.append(_row(name, {"summary": summary_p(gross)}, 0, alpha, coverage_interval))
+    ]:
+        p_values[name] = cheap_p(name, gross)
+    rows = []
+    for name, p in p_values.items():
+        rows.append(_row(name, p, failed.get(name, 0), len(statistics)))
+        flagged = _verdict_p(p, len(statistics)) < ALPHA
+        counts: dict[str, int] = {}
+        for named, is_flagged in zip(beyond[name], flagged, strict=True):
+            for parameter in named if is_flagged else ():
+                counts[parameter] = counts.get(parameter, 0) + 1
+        rows[-1]["beyond_prior"] = dict(sorted(counts.items(), key=lambda item: -item[1])[:5])
+        if name == "IKr removed":  # the gap: which of these cells go unflagged, and why
+            cells = theta.iloc[:n][np.isfinite(altered[name]).all(axis=1)]
+            rows[-1]["missed"] = _missed(estimator, cells, positions[name], flagged)
     res = {
         "machine": _common.machine_info(),
         "estimator": args.estimator,
+        "reference": reference.source,
         "seed": seed,
-        "alpha": alpha,
-        "reference_cells": 2 * summary.calibration.size,
-        "predictive_reference": reference.to_dict(),
+        "alpha": ALPHA,
+        "statistics": statistics,
+        "predictive_reference": None if earlier is None else earlier.to_dict(),
         "rows": rows,
     }
     _common.write_results(res, _markdown, args.out, log.elapsed())
 
 
-def _row(name: str, p_values: dict, failed: int, alpha: float, interval) -> dict:
-    """Flag rates of one set: the summary statistic at ``alpha`` (``fit``'s warning), the
-    predictive one at ``alpha / 2``, and their Bonferroni combination (the verdict's flag;
-    without a predictive p-value, flagged when the summary's is below ``alpha / 2``).
-    """
-    from sbi_twins.inference.misspecification import bonferroni
+def _row(name: str, p_values: dict, failed: int, n_statistics: int) -> dict:
+    """Flag rates of one set: each statistic alone at p < alpha, and the verdict's flag."""
+    from sbi_twins.diagnostics.calibration import coverage_interval
 
-    summary = np.asarray(p_values["summary"])
-    predictive = np.asarray(p_values.get("predictive", np.ones_like(summary)))
-    combined = np.array([bonferroni(a, b) for a, b in zip(summary, predictive, strict=True)])
-    row = {"set": name, "cells": len(summary), "failed_to_simulate": failed}
-    for column, p, level in [
-        ("summary", summary, alpha),
-        ("predictive", predictive if "predictive" in p_values else None, alpha / 2),
-        ("combined", combined, alpha),
-    ]:
-        if p is None:
-            continue
-        flagged = int((p < level).sum())
-        low, high = interval(flagged, len(p))
+    columns = {k: np.asarray(v, dtype=float) for k, v in p_values.items()}
+    columns["flag"] = _verdict_p(p_values, n_statistics)
+    row = {"set": name, "cells": len(columns["flag"]), "failed_to_simulate": failed}
+    for column, p in columns.items():
+        p = p[np.isfinite(p)]
+        flagged = int((p < ALPHA).sum())
+        low, high = coverage_interval(flagged, len(p))
         row[column] = {
+            "cells": len(p),
             "flagged": flagged,
             "rate": flagged / len(p),
             "ci_low": low,
@@ -228,29 +251,73 @@ def _row(name: str, p_values: dict, failed: int, alpha: float, interval) -> dict
     return row
 
 
+def _missed(estimator, theta, positions: np.ndarray, flagged: np.ndarray) -> dict:
+    """Flagged and missed cells without IKr: the predicted position of ``ikr.g_Kr`` (10, 50
+    and 90 % quantiles), and the median prior position of the true seal resistance and series
+    resistance (the recording artefacts that can hide a current).
+    """
+    names = list(estimator.names)
+    true = 1 / (1 + np.exp(-estimator.prior.to_unbounded(theta)))  # positions in the prior
+    out = {"flagged": int(flagged.sum()), "missed": int((~flagged).sum())}
+    for group, cells in [("flagged", flagged), ("missed", ~flagged)]:
+        if not cells.any():
+            continue
+        predicted = positions[cells, names.index("ikr.g_Kr")]
+        out[f"{group}: predicted ikr.g_Kr position, 10/50/90 %"] = [
+            float(v) for v in np.quantile(predicted, [0.1, 0.5, 0.9])
+        ]
+        for parameter in ("recording.r_seal_GOhm", "recording.rs_MOhm"):
+            median = float(np.median(true[cells, names.index(parameter)]))
+            out[f"{group}: median prior position of the true {parameter}"] = median
+    return out
+
+
+def _verdict_p(p_values: dict, n_statistics: int) -> np.ndarray:
+    """The verdict's Bonferroni p over its ``n_statistics``, per cell. A set given fewer
+    statistics (the input mistakes) gets its lower bound; a missing p-value (NaN: in-distribution
+    cells beyond the predictive reference) gives NaN, which leaves the cell out of the rates.
+    """
+    stacked = np.column_stack([np.asarray(v, dtype=float) for v in p_values.values()])
+    return np.minimum(1.0, n_statistics * stacked.min(axis=1))
+
+
+def _short(value) -> str:
+    """Numbers to two decimals, in lists too."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def _markdown(res: dict) -> str:
-    predictive = res["predictive_reference"]["source"]
+    predictive = res["predictive_reference"]
+    columns = [*res["statistics"], "flag"]
     lines = [
-        f"{res['estimator']}, flag at p < {res['alpha']}; summary reference: "
-        f"{res['reference_cells']} in-distribution cells; predictive reference: {predictive}; "
-        "flagged (median p):",
+        f"{res['estimator']}, p < {res['alpha']}; reference: {res['reference']}"
+        + ("" if predictive is None else f"; predictive reference: {predictive['source']}")
+        + "; flagged (median p):",
         "",
-        "| recordings | cells | summary, p < α | predictive, p < α/2 | combined: flag "
-        "| flag, 95 % CI |",
-        "|---|---|---|---|---|---|",
+        "| recordings | cells | "
+        + " | ".join(columns)
+        + " | flag, 95 % CI | named beyond the prior (flagged cells) |",
+        "|---|---|" + "---|" * (len(columns) + 2),
     ]
     for r in res["rows"]:
         failed = r["failed_to_simulate"]
         failed = f" ({failed} failed to simulate)" if failed else ""
         rates = " | ".join(
             f"{r[c]['rate']:.1%} ({r[c]['median_p']:.2g})" if c in r else "not computed"
-            for c in ("summary", "predictive", "combined")
+            for c in columns
         )
-        combined = r["combined"]
+        flag = r["flag"]
+        named = ", ".join(f"{k} {v}" for k, v in r["beyond_prior"].items())
         lines.append(
             f"| {r['set']} | {r['cells']}{failed} | {rates} | "
-            f"{combined['ci_low']:.1%}-{combined['ci_high']:.1%} |"
+            f"{flag['ci_low']:.1%}-{flag['ci_high']:.1%} | {named} |"
         )
+    for r in res["rows"]:
+        if "missed" in r:
+            missed = "; ".join(f"{k} {_short(v)}" for k, v in r["missed"].items())
+            lines += ["", f"{r['set']}: {missed}"]
     return "\n".join(lines)
 
 

@@ -34,6 +34,11 @@ def test_reference_round_trips_through_its_dictionary(estimator):
     assert [again.p_value(s) for s in (0.5, 1.0, 3.0)] == [
         reference.p_value(s) for s in (0.5, 1.0, 3.0)
     ]
+    positions = np.random.default_rng(1).uniform(-0.5, 1.5, size=(5, reference.mean.size))
+    np.testing.assert_array_equal(
+        again.excess.statistic(positions), reference.excess.statistic(positions)
+    )
+    np.testing.assert_array_equal(again.excess.bounded, ~estimator.prior.log_normal)
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from .misspecification import (
     MisspecificationWarning,
     PredictiveReference,
     Reference,
+    beyond_prior_text,
     implausibility,
 )
 from .networks import build_network
@@ -246,9 +247,9 @@ class Estimator:
             warnings.warn(
                 f"this recording is unlike every cell the estimator was trained on "
                 f"(misspecification p = {verdict.p_value:.2g} < {verdict.alpha:g}): read its "
-                "posterior with care. Common causes: a protocol shifted in time or sampled at "
-                "another interval than stated, other recording artefacts, or a cell outside "
-                "the prior",
+                f"posterior with care.{beyond_prior_text(verdict.beyond_prior)} Common causes: "
+                "a cell outside the prior or missing a current, a protocol shifted in time or "
+                "sampled at another interval than stated, or other recording artefacts",
                 MisspecificationWarning,
                 stacklevel=2,
             )

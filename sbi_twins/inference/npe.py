@@ -31,6 +31,7 @@ import torch
 
 from .._util import atomic_write_text
 from ..data import Dataset, open_dataset
+from ..prior import Prior
 from .bundle import bundle_manifest, dataset_prior, write_bundle
 from .config import TrainingConfig
 from .estimator import Estimator, load_estimator
@@ -128,7 +129,8 @@ def train_estimator(
     network = PosteriorNetwork(summary, flows).cpu()
     manifest = bundle_manifest(ds, prior, config, stages, (data.n_train, data.n_validation))
     if summarised.n_validation >= 40:  # fewer: fresh cells calibrate it on first use
-        manifest["misspecification_reference"] = validation_reference(data, summarised).to_dict()
+        reference = validation_reference(data, summarised, prior)
+        manifest["misspecification_reference"] = reference.to_dict()
     write_bundle(out / "estimator.pt", network.state_dict(), manifest)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     write_training_log(out / "training_log.csv", stages)
@@ -176,7 +178,9 @@ def train_flow(
     return flow, stage
 
 
-def validation_reference(data: StreamingData, summarised: SummarisedData) -> Reference:
+def validation_reference(
+    data: StreamingData, summarised: SummarisedData, prior: Prior
+) -> Reference:
     """The misspecification reference of a training run: (up to :data:`REFERENCE_CELLS`)
     validation cells, made like the training cells and never trained on.
     """
@@ -185,7 +189,7 @@ def validation_reference(data: StreamingData, summarised: SummarisedData) -> Ref
     contexts = summarised.context[start:stop].numpy().astype(float)
     observations = np.asarray(data.observations[start:stop], dtype=float)
     source = f"{stop - start} validation cells of the training set"
-    return Reference.from_cells(contexts, observations, source)
+    return Reference.from_cells(contexts, observations, source, ~prior.log_normal)
 
 
 def training_identity(ds: Dataset, config: TrainingConfig) -> str:

@@ -124,6 +124,7 @@ def cell_report(
     # imported here: sbi_twins.diagnostics imports torch, which `import sbi_twins.report`
     # avoids (a posterior has loaded it already)
     from ..diagnostics.multimodality import multimodal_parameters
+    from ..inference.misspecification import beyond_prior_text
 
     if twins_ap is None and recorded_ap is not None:
         twins_ap = TWINS_AP
@@ -149,7 +150,7 @@ def cell_report(
             f'<p class="flag"><b>This recording is unlike the estimator\'s training cells</b> '
             f"(misspecification p = {verdict.p_value:.3g} &lt; {verdict.alpha:g}): the posterior "
             "below may be wrong. Check units, protocol, and whether the model and prior can "
-            "produce this cell.</p>"
+            f"produce this cell.{html.escape(beyond_prior_text(verdict.beyond_prior))}</p>"
         )
     else:
         banner = (
