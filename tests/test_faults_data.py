@@ -370,6 +370,14 @@ def _command(files: dict[str, str], out: Path, n: int, workers: int) -> list[str
     ]  # fmt: skip
 
 
+def _interruptible() -> None:
+    """In the child, before Python starts: Ctrl-C's default action. A test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored, so without this the child would not see the Ctrl-C the test sends.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait_for_a_shard(files: dict[str, str], out: Path) -> subprocess.Popen:
     """A 2-worker run in its own process group, once its workers are busy."""
     process = subprocess.Popen(
@@ -378,6 +386,7 @@ def _start_and_wait_for_a_shard(files: dict[str, str], out: Path) -> subprocess.
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_interruptible,
     )
     deadline = time.time() + 300
     while not list(out.glob("chunks/*/done.json")) and time.time() < deadline:
@@ -425,7 +434,11 @@ def test_ctrl_c_prints_one_line_stops_the_workers_and_can_be_resumed(tmp_path, f
     workers = _children(process.pid)
     assert len(workers) >= 2
     os.killpg(process.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:  # a run that ignored the Ctrl-C must not go on simulating 100,000 cells
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130
     assert stderr.strip() == (
         "sbi-twins simulate: interrupted: rerun the same command to continue where it stopped"
