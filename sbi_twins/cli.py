@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 
 from . import _resources
-from ._util import atomic_write_json, atomic_write_text, check_positive, package_version
+from ._util import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    check_positive,
+    package_version,
+)
 
 if TYPE_CHECKING:  # annotations only
     from .recording import Recording
@@ -313,21 +319,10 @@ def _write_fit_record(
     )
 
 
-def _report(args: argparse.Namespace) -> int:
-    """Write a self-contained HTML report of an estimator or of a fitted cell."""
+def _fitted_cell(fit_dir: Path):
+    """A fit directory's record and its estimator, checked to be the one it was fitted with."""
     from .inference import load_estimator
-    from .report import cell_report, estimator_report
 
-    recorded_ap = _recorded_ap(args)
-    if args.what == "estimator":
-        from .diagnostics import diagnose
-
-        estimator = load_estimator(args.target)
-        print(f"{estimator}: checking it on {args.cells} fresh cells (seed {args.seed})")
-        diagnostics = diagnose(estimator, args.cells, seed=args.seed, n_draws=args.draws)
-        print(f"wrote {estimator_report(estimator, diagnostics, args.out)}")
-        return 0
-    fit_dir = Path(args.target)
     record_path = fit_dir / FIT_RECORD
     if not record_path.is_file():
         raise ValueError(f"{fit_dir} is not a fit directory (no {FIT_RECORD}); make one with `fit`")
@@ -347,6 +342,25 @@ def _report(args: argparse.Namespace) -> int:
             f"{fit_dir} was fitted with another estimator than {estimator.path} is now (model, "
             "prior or protocol differ); rerun `sbi-twins fit` with the current estimator"
         )
+    return record, estimator
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML report of an estimator or of a fitted cell."""
+    from .inference import load_estimator
+    from .report import cell_report, estimator_report
+
+    recorded_ap = _recorded_ap(args)
+    if args.what == "estimator":
+        from .diagnostics import diagnose
+
+        estimator = load_estimator(args.target)
+        print(f"{estimator}: checking it on {args.cells} fresh cells (seed {args.seed})")
+        diagnostics = diagnose(estimator, args.cells, seed=args.seed, n_draws=args.draws)
+        print(f"wrote {estimator_report(estimator, diagnostics, args.out)}")
+        return 0
+    fit_dir = Path(args.target)
+    record, estimator = _fitted_cell(fit_dir)
     from .inference import CellPosterior
 
     observation = np.load(fit_dir / "observation.npy")
@@ -362,6 +376,120 @@ def _report(args: argparse.Namespace) -> int:
     )
     print(f"wrote {report}")
     return 0
+
+
+def _screen(args: argparse.Namespace) -> int:
+    """Screen digital twins with a drug (resumable; on local workers or a Dask cluster)."""
+    from .report import plot_screen
+    from .twins import screen
+
+    doses = _number_list(args.doses, "--doses", "0,10,30,100")
+    model, twins = _screen_twins(args.twins, args.model, args.twins_per_cell)
+    n_cells = twins["cell"].nunique()
+    print(f"screening {len(twins)} twins of {n_cells} cell(s) ({model.name}) with {args.drug} at "
+          f"{', '.join(f'{d:g}' for d in doses)} {args.unit} into {args.out}")
+    result = screen(
+        model,
+        twins,
+        args.drug,
+        doses,
+        unit=args.unit,
+        cycle_length_ms=args.cycle_length_ms,
+        settle_ms=args.settle_ms,
+        duration_ms=args.duration_ms,
+        window_ms=args.window_ms,
+        ignore_channels=args.ignore_channel,
+        ic50_log10_sd=args.ic50_log10_sd,
+        hill_log_sd=args.hill_log_sd,
+        seed=args.seed,
+        progress=not args.quiet,
+        out=args.out,
+        workers=args.workers,
+        dask_address=args.dask,
+        chunk_twins=args.chunk_twins,
+    )
+    out = Path(args.out)
+    tables = {"incidence.csv": _incidence_table(result, by_cell=True)}
+    if n_cells >= 2:
+        tables["incidence_pooled.csv"] = _incidence_table(result, by_cell=False)
+    for name, table in tables.items():
+        atomic_write(out / name, lambda tmp, t=table: t.to_csv(tmp, index=False))
+    plot_screen(result, out / "screen.png", event="abnormal")
+    shown = tables.get("incidence_pooled.csv", tables["incidence.csv"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {', '.join(['outcomes.csv', *tables, 'screen.png'])} to {out}")
+    return 0
+
+
+def _incidence_table(result, by_cell: bool) -> pd.DataFrame:
+    """EAD and abnormal-repolarisation incidence side by side, per cell and dose or pooled."""
+    ead = result.incidence(by_cell, event="ead").rename(
+        columns={"ci_low": "ead_low", "ci_high": "ead_high"}
+    )
+    abnormal = result.incidence(by_cell, event="abnormal")
+    return ead.assign(
+        n_abnormal=abnormal["n_abnormal"],
+        p_abnormal=abnormal["p_abnormal"],
+        abnormal_low=abnormal["ci_low"],
+        abnormal_high=abnormal["ci_high"],
+    )
+
+
+def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | None):
+    """The model and the twin table of `sbi-twins screen`'s TWINS (fit directories or CSVs)."""
+    from .engine import load_model
+    from .twins import make_twins, pool_twins
+
+    if per_cell is not None:
+        check_positive("--twins-per-cell", per_cell)
+    draws, models = {}, []
+    for source in sources:
+        path = Path(source)
+        if (path / FIT_RECORD).is_file():
+            _, estimator = _fitted_cell(path)
+            models.append(estimator.cell_model())
+            table = pd.read_csv(path / "samples.csv")
+        elif path.is_file() and path.name.endswith((".csv", ".csv.gz")):
+            if model_arg is None:
+                raise ValueError(
+                    f"{path} is a CSV of parameter draws: give their model with --model "
+                    "(e.g. --model kernik2019)"
+                )
+            table = pd.read_csv(path)
+        else:
+            what = "does not exist" if not path.exists() else "is neither a fit directory nor a CSV"
+            raise ValueError(
+                f"{path} {what}: give fit directories (from `sbi-twins fit`) or CSV files of "
+                "parameter draws (one column per parameter, one row per twin)"
+            )
+        draws[path.name.removesuffix(".gz").removesuffix(".csv") or str(path)] = (
+            table if per_cell is None else table.head(per_cell)
+        )
+    if model_arg is not None:
+        models.append(load_model(model_arg))
+    hashes = {m.file_hash for m in models}
+    if len(hashes) > 1:
+        names = ", ".join(sorted({m.name for m in models}))
+        raise ValueError(
+            f"the twins belong to different model files ({names}): screen one model at a time"
+        )
+    if len(draws) < len(sources):
+        raise ValueError("two TWINS sources have the same name; rename one of them")
+    model = models[0]
+    if len(draws) == 1:
+        name, table = next(iter(draws.items()))
+        return model, make_twins(model, table, cell=None if "cell" in table else name)
+    return model, pool_twins(model, draws)
+
+
+def _number_list(text: str, option: str, example: str) -> list[float]:
+    """Comma-separated numbers of a command-line option."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{option} must be comma-separated numbers, e.g. {example}; got {text!r}"
+        ) from None
 
 
 def _print_summary(summary: pd.DataFrame) -> None:
@@ -456,7 +584,12 @@ def _protocol(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    for kind, suffix in (("simulators", ".mmt"), ("protocols", ".toml"), ("priors", ".toml")):
+    for kind, suffix in (
+        ("simulators", ".mmt"),
+        ("protocols", ".toml"),
+        ("priors", ".toml"),
+        ("drugs", ".toml"),
+    ):
         print(f"{kind}: {', '.join(_resources.available(kind, suffix))}")
     return 0
 
@@ -698,7 +831,64 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the file to write")
     export.set_defaults(run=_protocol)
 
-    listing = commands.add_parser("list", help="list the bundled models and protocols")
+    screening = commands.add_parser(
+        "screen",
+        help="screen digital twins with a drug: EADs per twin and dose, and their incidence "
+        "(resumable; local workers or a Dask cluster)",
+    )
+    screening.add_argument(
+        "twins",
+        nargs="+",
+        help="fit directories (from `sbi-twins fit`: their posterior draws are the twins), or "
+        "CSV files of parameter draws (one column per parameter; give --model); several are "
+        "pooled, one cell each",
+    )
+    screening.add_argument(
+        "--drug", required=True, help="bundled drug (`sbi-twins list`) or a drug .toml file"
+    )
+    screening.add_argument(
+        "--doses", required=True, help="comma-separated concentrations, e.g. 0,10,30,100 (0 is "
+        "the control)",
+    )
+    screening.add_argument("--unit", default="nM", choices=("nM", "uM"), help="of --doses")
+    screening.add_argument("--out", required=True, help="output directory (a rerun resumes)")
+    screening.add_argument(
+        "--model", default=None, help="model of CSV twins (fit directories know theirs)"
+    )
+    screening.add_argument(
+        "--twins-per-cell", type=int, default=None, metavar="N",
+        help="the first N draws of each source (default: all)",
+    )
+    screening.add_argument(
+        "--cycle-length-ms", type=float, default=None,
+        help="pace at this cycle length (default: spontaneous activity)",
+    )
+    screening.add_argument("--settle-ms", type=float, default=10_000.0,
+                           help="drug-free settling (default 10000)")
+    screening.add_argument("--duration-ms", type=float, default=20_000.0,
+                           help="simulation at each dose (default 20000)")
+    screening.add_argument("--window-ms", type=float, default=10_000.0,
+                           help="its judged final part (default 10000)")
+    screening.add_argument(
+        "--ignore-channel", action="append", default=[], metavar="CHANNEL",
+        help="a channel of the drug to leave out (e.g. INaL for a model without it); repeatable",
+    )
+    screening.add_argument("--ic50-log10-sd", type=float, default=0.0,
+                           help="per-twin spread of log10 IC50 (default 0)")
+    screening.add_argument("--hill-log-sd", type=float, default=0.0,
+                           help="per-twin spread of log Hill coefficients (default 0)")
+    screening.add_argument("--seed", type=int, default=0, help="seed of the potency spread")
+    screening.add_argument("--workers", type=int, default=1, help="local worker processes")
+    screening.add_argument("--dask", default=None, metavar="ADDRESS",
+                           help="run on this Dask scheduler instead")
+    screening.add_argument("--chunk-twins", type=int, default=256,
+                           help="twins per chunk of work (default 256)")
+    screening.add_argument("--quiet", action="store_true", help="no progress bars")
+    screening.set_defaults(run=_screen)
+
+    listing = commands.add_parser(
+        "list", help="list the bundled models, protocols, priors and drugs"
+    )
     listing.set_defaults(run=_list)
     return parser
 
@@ -725,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning(args.command)
             return args.run(args)
     except KeyboardInterrupt:
-        resumable = args.command in ("simulate", "train")
+        resumable = args.command in ("simulate", "train", "screen")
         hint = ": rerun the same command to continue where it stopped" if resumable else ""
         print(f"sbi-twins {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -49,14 +49,14 @@ def plot_screen(result: ScreenResult, path: str | os.PathLike, *, event: str = "
     for offset, (cell, group) in zip(offsets, per_cell.groupby("cell", sort=False), strict=True):
         x = group["dose_nM"].map(where).to_numpy() + offset
         p = group[f"p_{event}"].to_numpy()
-        error = np.vstack([p - group["ci_low"].to_numpy(), group["ci_high"].to_numpy() - p])
+        error = _error_bars(p, group["ci_low"].to_numpy(), group["ci_high"].to_numpy())
         left.errorbar(x, p, yerr=error, marker="o", ms=4, capsize=3, lw=1, alpha=0.8,
                       label=f"cell {cell}" if len(cells) <= 8 else None)
     if len(cells) >= 2:
         pooled = result.incidence(by_cell=False, event=event)
         x = pooled["dose_nM"].map(where).to_numpy()
         p = pooled[f"p_{event}"].to_numpy()
-        error = np.vstack([p - pooled["ci_low"].to_numpy(), pooled["ci_high"].to_numpy() - p])
+        error = _error_bars(p, pooled["ci_low"].to_numpy(), pooled["ci_high"].to_numpy())
         left.errorbar(x, p, yerr=error, color="k", marker="s", lw=2, capsize=4,
                       label="pooled over cells")
     left.set(xticks=range(len(doses)), xticklabels=labels, ylim=(-0.03, 1.03),
@@ -89,6 +89,14 @@ def plot_screen(result: ScreenResult, path: str | os.PathLike, *, event: str = "
                  f"{'s' if len(cells) != 1 else ''}), model {result.settings.get('model', '?')}")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _error_bars(p: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The (2, N) error bars of estimates ``p`` with interval ``[low, high]``; a
+    bootstrap interval of a mean over few cells can miss the mean itself, which is drawn as a
+    bar of length 0 on that side rather than refused.
+    """
+    return np.clip(np.vstack([p - low, high - p]), 0.0, None)
 
 
 def _pyplot():

@@ -32,7 +32,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -197,11 +197,19 @@ def screen(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    out: str | os.PathLike | None = None,
+    workers: int = 1,
+    dask_address: str | None = None,
+    chunk_twins: int = 256,
 ) -> ScreenResult:
     """Simulate every twin at every dose of a drug and classify its activity (EADs).
 
     The protocol is in the module docstring. Simulations run in batches of `batch_size`
-    (twin, dose) pairs through :meth:`CellModel.simulate_ap`.
+    (twin, dose) pairs through :meth:`CellModel.simulate_ap`. With `out`, `workers` > 1 or
+    `dask_address`, the twins are screened in chunks of `chunk_twins`
+    (:mod:`sbi_twins.twins.screen_run`): on local worker processes or a Dask cluster, each
+    finished chunk written to `out`, so that an interrupted screen resumes where it stopped.
+    The outcomes are the same either way.
 
     Parameters
     ----------
@@ -236,6 +244,16 @@ def screen(
         (twin, dose) pairs simulated together.
     progress : bool, default False
         Show tqdm progress bars.
+    out : str or path, optional
+        Directory that keeps the finished chunks and, at the end, ``outcomes.csv``; rerunning
+        the same screen into it resumes (another screen is refused).
+    workers : int, default 1
+        Local worker processes, one per core (started with ``spawn``: guard a script's top
+        level with ``if __name__ == "__main__":``).
+    dask_address : str, optional
+        Address of a Dask scheduler to run the chunks on (overrides `workers`).
+    chunk_twins : int, default 256
+        Twins per chunk (each is settled and screened at every dose by one worker).
 
     Returns
     -------
@@ -248,7 +266,8 @@ def screen(
     ValueError
         Doses that are negative, NaN, not numbers, empty or repeated; an unknown `unit`; a drug
         channel the model does not declare (or an ignored channel the drug does not block);
-        twins of another model or an empty twin table; invalid times.
+        twins of another model or an empty twin table; invalid times; an `out` directory that
+        holds another screen, something else, or a damaged chunk (the message says the cure).
     """
     if not isinstance(drug, Drug):
         drug = load_drug(drug)
@@ -263,40 +282,111 @@ def screen(
     criterion = EADCriterion() if criterion is None else criterion
     twins = make_twins(model, twins)
     channels, active = _active_channels(model, drug, ignore_channels)
-    potencies = drug.potencies(
-        len(twins), seed, ic50_log10_sd=ic50_log10_sd, hill_log_sd=hill_log_sd
+    plan = ScreenPlan(
+        twins=twins,
+        potencies=drug.potencies(
+            len(twins), seed, ic50_log10_sd=ic50_log10_sd, hill_log_sd=hill_log_sd
+        ),
+        doses=doses,
+        channels={c: channels[c] for c in active},
+        criterion=criterion,
+        cycle_length_ms=cycle_length_ms,
+        settle_ms=float(settle_ms),
+        duration_ms=float(duration_ms),
+        window_ms=float(window_ms),
+        sample_interval_ms=float(sample_interval_ms),
+        batch_size=batch_size,
     )
-    states = settle(model, twins, cycle_length_ms=cycle_length_ms, settle_ms=settle_ms,
-                    batch_size=batch_size, progress=progress)
+    settings = {
+        "model": model.name,
+        "model_sha256": model.file_hash,
+        "cycle_length_ms": cycle_length_ms,
+        "settle_ms": float(settle_ms),
+        "duration_ms": float(duration_ms),
+        "window_ms": float(window_ms),
+        "sample_interval_ms": float(sample_interval_ms),
+        "criterion": asdict(criterion),
+        "channels": plan.channels,
+        "ignored_channels": sorted(set(drug.channels) - set(active)),
+        "ic50_log10_sd": float(ic50_log10_sd),
+        "hill_log_sd": float(hill_log_sd),
+        "seed": seed,
+    }
+    if out is None and workers == 1 and dask_address is None:
+        outcomes = screen_block(model, plan, progress=progress, label=f"screen {drug.name}")
+    else:
+        from .screen_run import screen_in_chunks  # its executor needs nothing in-process
+
+        outcomes = screen_in_chunks(
+            model, plan, drug, settings, out=out, workers=workers, dask_address=dask_address,
+            chunk_twins=chunk_twins, progress=progress,
+        )
+    return ScreenResult(outcomes, drug, tuple(float(d) for d in doses), settings)
+
+
+@dataclass(frozen=True)
+class ScreenPlan:
+    """Everything that screening a block of twins needs, checked once by :func:`screen`."""
+
+    twins: pd.DataFrame  # checked twin table (make_twins)
+    potencies: pd.DataFrame  # per twin: <channel>.ic50_nM and <channel>.hill
+    doses: np.ndarray  # nM
+    channels: dict[str, tuple[str, ...]]  # the applied channels and their model parameters
+    criterion: EADCriterion
+    cycle_length_ms: float | None
+    settle_ms: float
+    duration_ms: float
+    window_ms: float
+    sample_interval_ms: float
+    batch_size: int
+
+    def block(self, rows: slice) -> ScreenPlan:
+        """The plan of the twins in ``rows`` (positions in :attr:`twins`)."""
+        return replace(
+            self, twins=self.twins.iloc[rows], potencies=self.potencies.iloc[rows]
+        )
+
+
+def screen_block(
+    model: CellModel, plan: ScreenPlan, *, progress: bool = False, label: str = "screen"
+) -> pd.DataFrame:
+    """Settle the plan's twins and screen them at every dose: the outcome rows, dose by dose
+    (twins in the plan's order within a dose). Each (twin, dose) depends on that twin alone,
+    so a block of twins gets the rows it would have in a screen of all of them.
+    """
+    twins, potencies = plan.twins, plan.potencies
+    states = settle(model, twins, cycle_length_ms=plan.cycle_length_ms,
+                    settle_ms=plan.settle_ms, batch_size=plan.batch_size, progress=progress)
     params = twins[parameter_columns(twins)]
     n_twins = len(twins)
-    jobs = len(doses) * n_twins
-    start_ms = duration_ms - window_ms
-    start = math.ceil(start_ms / sample_interval_ms - 1e-9)  # as detect_eads
+    jobs = len(plan.doses) * n_twins
+    start_ms = plan.duration_ms - plan.window_ms
+    start = math.ceil(start_ms / plan.sample_interval_ms - 1e-9)  # as detect_eads
     tables = []
-    bar = tqdm(total=jobs, desc=f"screen {drug.name}", unit="sim", disable=not progress)
-    for first in range(0, jobs, batch_size):
-        job = np.arange(first, min(first + batch_size, jobs))
-        twin, dose = job % n_twins, doses[job // n_twins]
+    bar = tqdm(total=jobs, desc=label, unit="sim", disable=not progress)
+    for first in range(0, jobs, plan.batch_size):
+        job = np.arange(first, min(first + plan.batch_size, jobs))
+        twin, dose = job % n_twins, plan.doses[job // n_twins]
         fractions = {
             channel: fraction_remaining(
                 dose,
                 potencies[f"{channel}.ic50_nM"].to_numpy()[twin],
                 potencies[f"{channel}.hill"].to_numpy()[twin],
             )
-            for channel in active
+            for channel in plan.channels
         }
-        blocked = blocked_parameters(model, params.iloc[twin], fractions, channels)
+        blocked = blocked_parameters(model, params.iloc[twin], fractions, plan.channels)
         V = model.simulate_ap(
             blocked,
-            duration_ms=duration_ms,
-            sample_interval_ms=sample_interval_ms,
-            cycle_length_ms=cycle_length_ms,
+            duration_ms=plan.duration_ms,
+            sample_interval_ms=plan.sample_interval_ms,
+            cycle_length_ms=plan.cycle_length_ms,
             initial_state=fill_failed_states(states[twin], model),
         )
         V[~np.isfinite(states[twin]).all(axis=1)] = np.nan  # settling failed
-        verdict = detect_eads(V, sample_interval_ms, criterion, start_ms=start_ms)
-        features = trace_features(V[:, start:], sample_interval_ms, criterion.threshold_mV)
+        verdict = detect_eads(V, plan.sample_interval_ms, plan.criterion, start_ms=start_ms)
+        features = trace_features(V[:, start:], plan.sample_interval_ms,
+                                  plan.criterion.threshold_mV)
         # oscillations of a cell that fails to repolarise cross the beat threshold, but are no APs
         features[~verdict["outcome"].isin(["normal", "ead"]).to_numpy()] = np.nan
         ids = twins[list(META_COLUMNS)].iloc[twin].reset_index(drop=True)
@@ -307,23 +397,7 @@ def screen(
         ))
         bar.update(len(job))
     bar.close()
-    outcomes = pd.concat(tables, ignore_index=True)
-    settings = {
-        "model": model.name,
-        "model_sha256": model.file_hash,
-        "cycle_length_ms": cycle_length_ms,
-        "settle_ms": float(settle_ms),
-        "duration_ms": float(duration_ms),
-        "window_ms": float(window_ms),
-        "sample_interval_ms": float(sample_interval_ms),
-        "criterion": asdict(criterion),
-        "channels": {c: channels[c] for c in active},
-        "ignored_channels": sorted(set(drug.channels) - set(active)),
-        "ic50_log10_sd": float(ic50_log10_sd),
-        "hill_log_sd": float(hill_log_sd),
-        "seed": seed,
-    }
-    return ScreenResult(outcomes, drug, tuple(float(d) for d in doses), settings)
+    return pd.concat(tables, ignore_index=True)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -340,7 +414,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exactly 0 (1) when no (every) twin has it: rounding would put the bound past p
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def cells_needed(p: float, half_width: float, confidence: float = 0.95) -> int:

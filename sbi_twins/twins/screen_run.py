@@ -1,0 +1,245 @@
+"""Screens in chunks of twins: on worker processes or a Dask cluster, resumable from a directory.
+
+A screen of thousands of twins at several doses runs for many minutes (BENCHMARKS.md, "Drug
+screens"). :func:`screen_in_chunks` splits the twins into chunks of ``chunk_twins``; each chunk is
+settled and screened at every dose by one worker (:func:`~sbi_twins.twins.screen.screen_block`),
+through the executor of dataset generation (:class:`~sbi_twins.data.executors.Executor`). A
+(twin, dose) depends on that twin alone, so the outcomes equal those of one block.
+
+With a directory, each finished chunk is written there (``chunks/<k>.csv``, atomically) by the
+main process: workers return tables and need no shared file system. ``screen.json`` records
+what the screen is (model file, drug, doses, settings, a hash of the twins, chunk size, package
+version); rerunning the same screen skips the chunks already written, and a different one is
+refused. When all chunks are in, ``outcomes.csv`` holds the whole table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import _resources
+from .._util import atomic_write, atomic_write_json, check_integer, package_version
+from ..data.executors import Executor
+from ..engine import CellModel, load_model
+from .drugs import Drug
+from .population import META_COLUMNS, parameter_columns
+
+if TYPE_CHECKING:  # annotations only: screen imports this module
+    from .screen import ScreenPlan
+
+__all__ = ["SCREEN_MANIFEST", "screen_in_chunks"]
+
+#: The record of what a screen directory holds.
+SCREEN_MANIFEST = "screen.json"
+#: The whole outcome table, written when every chunk is in.
+OUTCOMES = "outcomes.csv"
+#: Outcome columns that a CSV round trip would not type as the screen does.
+_TYPES = {
+    "outcome": "str",
+    "ead": bool,
+    "repolarisation_failure": bool,
+    "n_ead_events": "Int64",
+    "n_beats": "Int64",
+}
+
+
+def screen_in_chunks(
+    model: CellModel,
+    plan: ScreenPlan,
+    drug: Drug,
+    settings: dict,
+    *,
+    out: str | os.PathLike | None,
+    workers: int,
+    dask_address: str | None,
+    chunk_twins: int,
+    progress: bool,
+) -> pd.DataFrame:
+    """The outcome table of ``plan`` (a :class:`~sbi_twins.twins.screen.ScreenPlan`), screened
+    chunk by chunk (module docstring); rows ordered as one block's, dose by dose.
+    """
+    workers = check_integer("workers", workers, minimum=1)
+    chunk_twins = check_integer("chunk_twins", chunk_twins, minimum=1)
+    n_twins = len(plan.twins)
+    starts = range(0, n_twins, chunk_twins)
+    blocks = [slice(start, min(start + chunk_twins, n_twins)) for start in starts]
+    directory = None if out is None else Path(out)
+    done: dict[int, pd.DataFrame] = {}
+    if directory is not None:
+        manifest = _manifest(model, plan, drug, settings, chunk_twins)
+        _prepare(directory, manifest)
+        for k, rows in enumerate(blocks):
+            table = _read_chunk(directory, k, plan.block(rows))
+            if table is not None:
+                done[k] = table
+    bar = tqdm(total=n_twins, desc=f"screen {drug.name}", unit="twin", disable=not progress)
+    bar.update(sum(blocks[k].stop - blocks[k].start for k in done))
+    executor = Executor(workers, dask_address)
+    try:
+        todo = [k for k in range(len(blocks)) if k not in done]
+        source = _model_source(model)
+        pending: dict = {}
+        while todo or pending:
+            while todo and len(pending) < 2 * executor.slots:  # a queue no longer than needed
+                k = todo.pop(0)
+                pending[executor.submit(_screen_chunk, source, model.file_hash,
+                                        plan.block(blocks[k]))] = k
+            finished, _ = executor.wait_any(set(pending))
+            failure = None
+            for future in finished:  # keep every finished chunk before an error stops the run
+                k = pending.pop(future)
+                try:
+                    done[k] = future.result()
+                except BaseException as error:  # noqa: BLE001 - raised below, after the others
+                    failure = failure or error
+                    continue
+                if directory is not None:
+                    _write_chunk(directory, k, done[k])
+                bar.update(blocks[k].stop - blocks[k].start)
+            if failure is not None:
+                raise failure
+    except BaseException:
+        executor.close(abort=True)  # Ctrl-C or an error: stop the workers now
+        raise
+    else:
+        executor.close()
+    finally:
+        bar.close()
+    outcomes = _assemble([done[k] for k in range(len(blocks))], plan.doses)
+    if directory is not None:
+        atomic_write(directory / OUTCOMES, lambda tmp: outcomes.to_csv(tmp, index=False))
+    return outcomes
+
+
+def _screen_chunk(model_source: str, file_hash: str, plan: ScreenPlan) -> pd.DataFrame:
+    """One chunk, in a worker: the model loaded there (checked to be the same file)."""
+    from .screen import screen_block
+
+    model = load_model(model_source)
+    if model.file_hash != file_hash:
+        raise ValueError(
+            f"the worker's model file {model.path} is not the one the screen started with "
+            f"(sha256 {model.file_hash[:12]}..., expected {file_hash[:12]}...): give every "
+            "worker the same file"
+        )
+    return screen_block(model, plan)
+
+
+def _model_source(model: CellModel) -> str:
+    """A bundled model by name (any installation resolves it), another by its path."""
+    bundled = _resources.bundled_dir("simulators") / model.path.name
+    if bundled.is_file() and bundled.resolve() == model.path.resolve():
+        return model.name
+    return str(model.path.resolve())
+
+
+def _assemble(tables: list[pd.DataFrame], doses: np.ndarray) -> pd.DataFrame:
+    """Chunk tables (each dose by dose) -> one table dose by dose, twins in chunk order."""
+    stacked = pd.concat(tables, ignore_index=True)
+    dose_index = {float(d): i for i, d in enumerate(doses)}
+    order = np.lexsort((np.arange(len(stacked)), stacked["dose_nM"].map(dose_index).to_numpy()))
+    return stacked.iloc[order].reset_index(drop=True)
+
+
+def _manifest(
+    model: CellModel, plan: ScreenPlan, drug: Drug, settings: dict, chunk_twins: int
+) -> dict:
+    """What a screen directory holds: everything its outcomes depend on."""
+    twins = plan.twins
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(c) for c in twins.columns]).encode())
+    digest.update(twins[list(META_COLUMNS)].astype(str).to_csv(index=False).encode())
+    digest.update(np.ascontiguousarray(twins[parameter_columns(twins)], dtype=float).tobytes())
+    digest.update(np.ascontiguousarray(plan.potencies, dtype=float).tobytes())
+    return {
+        "sbi_twins": package_version(),
+        "model": model.name,
+        "model_sha256": model.file_hash,
+        "drug": {"name": drug.name, "channels": {c: asdict(b) for c, b in drug.channels.items()}},
+        "doses_nM": [float(d) for d in plan.doses],
+        "settings": settings,
+        "batch_size": plan.batch_size,
+        "twins": len(twins),
+        "twins_sha256": digest.hexdigest(),
+        "chunk_twins": chunk_twins,
+    }
+
+
+def _prepare(directory: Path, manifest: dict) -> None:
+    """Start a screen directory, or check that it holds this screen."""
+    path = directory / SCREEN_MANIFEST
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file, not a screen directory; give another --out")
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path} is damaged ({e}); delete {directory} and run the screen again"
+            ) from None
+        expected = json.loads(json.dumps(manifest))  # the same JSON types as the file's
+        differing = [key for key in expected if recorded.get(key) != expected[key]]
+        if differing:
+            raise ValueError(
+                f"{directory} holds another screen (its {', '.join(differing)} differ from "
+                "this one's): give another output directory, or delete it to start over"
+            )
+        return
+    if directory.is_dir() and any(directory.iterdir()):
+        raise ValueError(
+            f"{directory} is not empty and holds no screen ({SCREEN_MANIFEST} is missing): "
+            "give a new or empty output directory"
+        )
+    (directory / "chunks").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, manifest)
+
+
+def _chunk_path(directory: Path, k: int) -> Path:
+    return directory / "chunks" / f"{k:05d}.csv"
+
+
+def _write_chunk(directory: Path, k: int, table: pd.DataFrame) -> None:
+    atomic_write(_chunk_path(directory, k), lambda tmp: table.to_csv(tmp, index=False))
+
+
+def _read_chunk(directory: Path, k: int, plan: ScreenPlan) -> pd.DataFrame | None:
+    """Chunk ``k`` of a screen directory if it was written, else None. Its twins and doses
+    must be the plan's: a file that does not hold them is damaged.
+    """
+    path = _chunk_path(directory, k)
+    if not path.is_file():
+        return None
+    expected_rows = len(plan.twins) * len(plan.doses)
+    try:
+        table = pd.read_csv(path, dtype={"cell": str, "twin": str})
+        damaged = len(table) != expected_rows or not set(_TYPES) <= set(table.columns)
+        if not damaged:
+            table = table.astype({c: t for c, t in _TYPES.items()})
+    except (ValueError, pd.errors.ParserError) as e:
+        damaged, why = True, str(e)
+    else:
+        why = f"{len(table)} rows, expected {expected_rows}"
+    if damaged:
+        raise ValueError(
+            f"{path} is damaged ({why}): delete it and rerun the same screen; its twins are "
+            "screened again"
+        )
+    # identities as the twin table types them (a CSV would read a cell named "01" as 1)
+    ids = plan.twins[list(META_COLUMNS)].reset_index(drop=True)
+    repeated = pd.concat([ids] * len(plan.doses), ignore_index=True)
+    if not (table["twin"].to_numpy() == repeated["twin"].astype(str).to_numpy()).all():
+        raise ValueError(
+            f"{path} holds other twins than chunk {k} of this screen: delete it and rerun"
+        )
+    for column in META_COLUMNS:
+        table[column] = repeated[column].to_numpy()
+    return table
