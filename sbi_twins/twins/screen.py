@@ -32,25 +32,18 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .._util import check_choice, check_integer, check_number, check_positive, is_number
 from ..engine import CellModel
-from ..physiology.eads import EADCriterion, detect_eads
-from .drugs import Drug, blocked_parameters, channel_parameters, fraction_remaining, load_drug
-from .population import (
-    META_COLUMNS,
-    fill_failed_states,
-    make_twins,
-    parameter_columns,
-    settle,
-    trace_features,
-)
+from ..physiology.eads import EADCriterion
+from .drugs import Drug, channel_parameters, load_drug
+from .population import make_twins
+from .screen_run import ScreenPlan, screen_block, screen_in_chunks
 
 __all__ = ["ScreenResult", "cells_needed", "screen", "wilson_interval"]
 
@@ -315,89 +308,11 @@ def screen(
     if out is None and workers == 1 and dask_address is None:
         outcomes = screen_block(model, plan, progress=progress, label=f"screen {drug.name}")
     else:
-        from .screen_run import screen_in_chunks  # its executor needs nothing in-process
-
         outcomes = screen_in_chunks(
             model, plan, drug, settings, out=out, workers=workers, dask_address=dask_address,
             chunk_twins=chunk_twins, progress=progress,
         )
     return ScreenResult(outcomes, drug, tuple(float(d) for d in doses), settings)
-
-
-@dataclass(frozen=True)
-class ScreenPlan:
-    """Everything that screening a block of twins needs, checked once by :func:`screen`."""
-
-    twins: pd.DataFrame  # checked twin table (make_twins)
-    potencies: pd.DataFrame  # per twin: <channel>.ic50_nM and <channel>.hill
-    doses: np.ndarray  # nM
-    channels: dict[str, tuple[str, ...]]  # the applied channels and their model parameters
-    criterion: EADCriterion
-    cycle_length_ms: float | None
-    settle_ms: float
-    duration_ms: float
-    window_ms: float
-    sample_interval_ms: float
-    batch_size: int
-
-    def block(self, rows: slice) -> ScreenPlan:
-        """The plan of the twins in ``rows`` (positions in :attr:`twins`)."""
-        return replace(
-            self, twins=self.twins.iloc[rows], potencies=self.potencies.iloc[rows]
-        )
-
-
-def screen_block(
-    model: CellModel, plan: ScreenPlan, *, progress: bool = False, label: str = "screen"
-) -> pd.DataFrame:
-    """Settle the plan's twins and screen them at every dose: the outcome rows, dose by dose
-    (twins in the plan's order within a dose). Each (twin, dose) depends on that twin alone,
-    so a block of twins gets the rows it would have in a screen of all of them.
-    """
-    twins, potencies = plan.twins, plan.potencies
-    states = settle(model, twins, cycle_length_ms=plan.cycle_length_ms,
-                    settle_ms=plan.settle_ms, batch_size=plan.batch_size, progress=progress)
-    params = twins[parameter_columns(twins)]
-    n_twins = len(twins)
-    jobs = len(plan.doses) * n_twins
-    start_ms = plan.duration_ms - plan.window_ms
-    start = math.ceil(start_ms / plan.sample_interval_ms - 1e-9)  # as detect_eads
-    tables = []
-    bar = tqdm(total=jobs, desc=label, unit="sim", disable=not progress)
-    for first in range(0, jobs, plan.batch_size):
-        job = np.arange(first, min(first + plan.batch_size, jobs))
-        twin, dose = job % n_twins, plan.doses[job // n_twins]
-        fractions = {
-            channel: fraction_remaining(
-                dose,
-                potencies[f"{channel}.ic50_nM"].to_numpy()[twin],
-                potencies[f"{channel}.hill"].to_numpy()[twin],
-            )
-            for channel in plan.channels
-        }
-        blocked = blocked_parameters(model, params.iloc[twin], fractions, plan.channels)
-        V = model.simulate_ap(
-            blocked,
-            duration_ms=plan.duration_ms,
-            sample_interval_ms=plan.sample_interval_ms,
-            cycle_length_ms=plan.cycle_length_ms,
-            initial_state=fill_failed_states(states[twin], model),
-        )
-        V[~np.isfinite(states[twin]).all(axis=1)] = np.nan  # settling failed
-        verdict = detect_eads(V, plan.sample_interval_ms, plan.criterion, start_ms=start_ms)
-        features = trace_features(V[:, start:], plan.sample_interval_ms,
-                                  plan.criterion.threshold_mV)
-        # oscillations of a cell that fails to repolarise cross the beat threshold, but are no APs
-        features[~verdict["outcome"].isin(["normal", "ead"]).to_numpy()] = np.nan
-        ids = twins[list(META_COLUMNS)].iloc[twin].reset_index(drop=True)
-        remaining = pd.DataFrame({f"{c}_remaining": f for c, f in fractions.items()})
-        tables.append(pd.concat(
-            [ids.assign(dose_nM=dose), verdict, features.drop(columns="n_beats"), remaining],
-            axis=1,
-        ))
-        bar.update(len(job))
-    bar.close()
-    return pd.concat(tables, ignore_index=True)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

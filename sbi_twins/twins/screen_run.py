@@ -1,10 +1,12 @@
-"""Screens in chunks of twins: on worker processes or a Dask cluster, resumable from a directory.
+"""Running a screen: a block of twins in this process, or chunks of them on worker processes or
+a Dask cluster, resumable from a directory.
 
-A screen of thousands of twins at several doses runs for many minutes (BENCHMARKS.md, "Drug
-screens"). :func:`screen_in_chunks` splits the twins into chunks of ``chunk_twins``; each chunk is
-settled and screened at every dose by one worker (:func:`~sbi_twins.twins.screen.screen_block`),
-through the executor of dataset generation (:class:`~sbi_twins.data.executors.Executor`). A
-(twin, dose) depends on that twin alone, so the outcomes equal those of one block.
+:func:`~sbi_twins.twins.screen.screen` checks its inputs into a :class:`ScreenPlan`;
+:func:`screen_block` settles a plan's twins and screens them at every dose. A screen of
+thousands of twins at several doses runs for many minutes (BENCHMARKS.md, "Drug screens"), so
+:func:`screen_in_chunks` splits the twins into chunks of ``chunk_twins``, each a block run by one
+worker through the executor of dataset generation (:class:`~sbi_twins.data.executors.Executor`).
+A (twin, dose) depends on that twin alone, so the outcomes equal those of one block.
 
 With a directory, each finished chunk is written there (``chunks/<k>.csv``, atomically) by the
 main process: workers return tables and need no shared file system. ``screen.json`` records
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,13 +32,17 @@ from .. import _resources
 from .._util import atomic_write, atomic_write_json, check_integer, package_version
 from ..data.executors import Executor
 from ..engine import CellModel, load_model
-from .drugs import Drug
-from .population import META_COLUMNS, parameter_columns
+from ..physiology.eads import EADCriterion, detect_eads
+from .drugs import Drug, blocked_parameters, fraction_remaining
+from .population import (
+    META_COLUMNS,
+    fill_failed_states,
+    parameter_columns,
+    settle,
+    trace_features,
+)
 
-if TYPE_CHECKING:  # annotations only: screen imports this module
-    from .screen import ScreenPlan
-
-__all__ = ["SCREEN_MANIFEST", "screen_in_chunks"]
+__all__ = ["SCREEN_MANIFEST", "ScreenPlan", "screen_block", "screen_in_chunks"]
 
 #: The record of what a screen directory holds.
 SCREEN_MANIFEST = "screen.json"
@@ -50,6 +56,82 @@ _TYPES = {
     "n_ead_events": "Int64",
     "n_beats": "Int64",
 }
+
+
+@dataclass(frozen=True)
+class ScreenPlan:
+    """Everything that screening a block of twins needs, checked once by :func:`screen`."""
+
+    twins: pd.DataFrame  # checked twin table (make_twins)
+    potencies: pd.DataFrame  # per twin: <channel>.ic50_nM and <channel>.hill
+    doses: np.ndarray  # nM
+    channels: dict[str, tuple[str, ...]]  # the applied channels and their model parameters
+    criterion: EADCriterion
+    cycle_length_ms: float | None
+    settle_ms: float
+    duration_ms: float
+    window_ms: float
+    sample_interval_ms: float
+    batch_size: int
+
+    def block(self, rows: slice) -> ScreenPlan:
+        """The plan of the twins in ``rows`` (positions in :attr:`twins`)."""
+        return replace(
+            self, twins=self.twins.iloc[rows], potencies=self.potencies.iloc[rows]
+        )
+
+
+def screen_block(
+    model: CellModel, plan: ScreenPlan, *, progress: bool = False, label: str = "screen"
+) -> pd.DataFrame:
+    """Settle the plan's twins and screen them at every dose: the outcome rows, dose by dose
+    (twins in the plan's order within a dose). Each (twin, dose) depends on that twin alone,
+    so a block of twins gets the rows it would have in a screen of all of them.
+    """
+    twins, potencies = plan.twins, plan.potencies
+    states = settle(model, twins, cycle_length_ms=plan.cycle_length_ms,
+                    settle_ms=plan.settle_ms, batch_size=plan.batch_size, progress=progress)
+    params = twins[parameter_columns(twins)]
+    n_twins = len(twins)
+    jobs = len(plan.doses) * n_twins
+    start_ms = plan.duration_ms - plan.window_ms
+    start = math.ceil(start_ms / plan.sample_interval_ms - 1e-9)  # as detect_eads
+    tables = []
+    bar = tqdm(total=jobs, desc=label, unit="sim", disable=not progress)
+    for first in range(0, jobs, plan.batch_size):
+        job = np.arange(first, min(first + plan.batch_size, jobs))
+        twin, dose = job % n_twins, plan.doses[job // n_twins]
+        fractions = {
+            channel: fraction_remaining(
+                dose,
+                potencies[f"{channel}.ic50_nM"].to_numpy()[twin],
+                potencies[f"{channel}.hill"].to_numpy()[twin],
+            )
+            for channel in plan.channels
+        }
+        blocked = blocked_parameters(model, params.iloc[twin], fractions, plan.channels)
+        V = model.simulate_ap(
+            blocked,
+            duration_ms=plan.duration_ms,
+            sample_interval_ms=plan.sample_interval_ms,
+            cycle_length_ms=plan.cycle_length_ms,
+            initial_state=fill_failed_states(states[twin], model),
+        )
+        V[~np.isfinite(states[twin]).all(axis=1)] = np.nan  # settling failed
+        verdict = detect_eads(V, plan.sample_interval_ms, plan.criterion, start_ms=start_ms)
+        features = trace_features(V[:, start:], plan.sample_interval_ms,
+                                  plan.criterion.threshold_mV)
+        # oscillations of a cell that fails to repolarise cross the beat threshold, but are no APs
+        features[~verdict["outcome"].isin(["normal", "ead"]).to_numpy()] = np.nan
+        ids = twins[list(META_COLUMNS)].iloc[twin].reset_index(drop=True)
+        remaining = pd.DataFrame({f"{c}_remaining": f for c, f in fractions.items()})
+        tables.append(pd.concat(
+            [ids.assign(dose_nM=dose), verdict, features.drop(columns="n_beats"), remaining],
+            axis=1,
+        ))
+        bar.update(len(job))
+    bar.close()
+    return pd.concat(tables, ignore_index=True)
 
 
 def screen_in_chunks(
@@ -122,8 +204,6 @@ def screen_in_chunks(
 
 def _screen_chunk(model_source: str, file_hash: str, plan: ScreenPlan) -> pd.DataFrame:
     """One chunk, in a worker: the model loaded there (checked to be the same file)."""
-    from .screen import screen_block
-
     model = load_model(model_source)
     if model.file_hash != file_hash:
         raise ValueError(
