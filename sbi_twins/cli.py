@@ -380,7 +380,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _screen(args: argparse.Namespace) -> int:
     """Screen digital twins with a drug (resumable; on local workers or a Dask cluster)."""
-    from .report import plot_screen
+    from .report import incidence_table, plot_screen, screen_report
     from .twins import screen
 
     doses = _number_list(args.doses, "--doses", "0,10,30,100")
@@ -409,30 +409,17 @@ def _screen(args: argparse.Namespace) -> int:
         chunk_twins=args.chunk_twins,
     )
     out = Path(args.out)
-    tables = {"incidence.csv": _incidence_table(result, by_cell=True)}
+    tables = {"incidence.csv": incidence_table(result, by_cell=True)}
     if n_cells >= 2:
-        tables["incidence_pooled.csv"] = _incidence_table(result, by_cell=False)
+        tables["incidence_pooled.csv"] = incidence_table(result, by_cell=False)
     for name, table in tables.items():
         atomic_write(out / name, lambda tmp, t=table: t.to_csv(tmp, index=False))
     plot_screen(result, out / "screen.png", event="abnormal")
+    screen_report(result, out)
     shown = tables.get("incidence_pooled.csv", tables["incidence.csv"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {', '.join(['outcomes.csv', *tables, 'screen.png'])} to {out}")
+    print(f"wrote {', '.join(['outcomes.csv', *tables, 'screen.png', 'report.html'])} to {out}")
     return 0
-
-
-def _incidence_table(result, by_cell: bool) -> pd.DataFrame:
-    """EAD and abnormal-repolarisation incidence side by side, per cell and dose or pooled."""
-    ead = result.incidence(by_cell, event="ead").rename(
-        columns={"ci_low": "ead_low", "ci_high": "ead_high"}
-    )
-    abnormal = result.incidence(by_cell, event="abnormal")
-    return ead.assign(
-        n_abnormal=abnormal["n_abnormal"],
-        p_abnormal=abnormal["p_abnormal"],
-        abnormal_low=abnormal["ci_low"],
-        abnormal_high=abnormal["ci_high"],
-    )
 
 
 def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | None):

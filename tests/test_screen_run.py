@@ -10,6 +10,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from test_report import _images_and_tables
 
 from sbi_twins import load_prior, screen
 from sbi_twins.cli import main
@@ -134,9 +135,14 @@ def test_the_cli_screens_csv_twins_and_pools_two_cells(kernik, twins, tmp_path, 
     pooled = pd.read_csv(out / "incidence_pooled.csv")
     assert list(pooled["n_cells"]) == [2, 2, 2] and list(pooled["n"]) == [7, 7, 7]
     assert matplotlib.image.imread(out / "screen.png").shape[2] in (3, 4)
-    assert "wrote outcomes.csv, incidence.csv, incidence_pooled.csv, screen.png" in (
+    assert "wrote outcomes.csv, incidence.csv, incidence_pooled.csv, screen.png, report.html" in (
         capsys.readouterr().out
     )
+    text, images, tables = _images_and_tables(out / "report.html")
+    assert len(images) == 1 and "Pooled over 2 cells" in text and "300 nM: abnormal" in text
+    incidence, outcome_counts = tables[0], tables[1]
+    assert len(incidence) == 2 * 3 and len(outcome_counts) == 3
+    assert "E-4031" in text and "ic50_nM" in text  # what produced it
 
 
 @pytest.mark.parametrize(

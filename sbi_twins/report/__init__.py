@@ -10,13 +10,14 @@ from .figures import (
     plot_predictive,
     plot_twin_aps,
 )
-from .html import cell_report, estimator_report, strongest_pairs
-from .screen import plot_screen
+from .html import cell_report, estimator_report, screen_report, strongest_pairs
+from .screen import incidence_table, plot_screen, screen_figure
 
 __all__ = [
     "plot_amplifier_comparison",
     "cell_report",
     "estimator_report",
+    "incidence_table",
     "plot_calibration",
     "plot_correlations",
     "plot_demo",
@@ -25,5 +26,7 @@ __all__ = [
     "plot_predictive",
     "plot_screen",
     "plot_twin_aps",
+    "screen_figure",
+    "screen_report",
     "strongest_pairs",
 ]

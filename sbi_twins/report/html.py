@@ -13,6 +13,7 @@ import html
 import io
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,13 @@ from .figures import (
     plot_predictive,
     plot_twin_aps,
 )
+from .screen import incidence_table, screen_figure
 
 if TYPE_CHECKING:  # annotations only: laying out needs no torch
     from ..diagnostics import Diagnostics
     from ..inference import CellPosterior, Estimator
     from ..recording import Recording
+    from ..twins import ScreenResult
     from .action_potentials import RecordedAP
 
 #: Contraction at or above which a parameter is "pinned down" by the recording, and below
@@ -55,7 +58,8 @@ table { border-collapse: collapse; font-size: 0.8em; }
 td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
 .flag { background: #fde2e1; border: 1px solid #c0392b; padding: 0.6em 1em; }
 .ok { background: #e6f4ea; border: 1px solid #2e7d32; padding: 0.6em 1em; }
-img { max-width: 100%; } pre { font-size: 0.75em; background: #f6f6f6; padding: 1em; }
+img { max-width: 100%; }
+pre { font-size: 0.75em; background: #f6f6f6; padding: 1em; white-space: pre-wrap; }
 """
 
 
@@ -230,6 +234,62 @@ def estimator_report(
         _section("What produced this report", _manifest(estimator)),
     ]
     return _write(out / "report.html", f"sbi-twins estimator report: {estimator!r}", sections)
+
+
+def screen_report(
+    result: ScreenResult, directory: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Write ``report.html`` for a drug screen (:func:`sbi_twins.screen`); return its path.
+
+    It opens with the incidence of abnormal repolarisation and of EADs at each dose in words
+    (pooled over cells when there are two or more, else the one cell's), then the figure
+    (:func:`~sbi_twins.report.screen.screen_figure`), the incidence per cell and dose, the
+    outcomes per dose, and what produced the screen (drug, doses, protocol, model).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    n_cells = result.outcomes["cell"].nunique()
+    per_cell = incidence_table(result, by_cell=True)
+    headline = incidence_table(result, by_cell=False) if n_cells >= 2 else per_cell
+    meaning = (
+        f"Pooled over {n_cells} cells: the estimated incidence in the population they were drawn "
+        "from, with a bootstrap interval over cells."
+        if n_cells >= 2
+        else "One cell: the share of its twins is the posterior probability that this cell "
+        "shows it, with the Monte-Carlo (Wilson) interval of the twins."
+    )
+    findings = [meaning] + [
+        f"{row.dose_nM:g} nM: abnormal repolarisation in {row.p_abnormal:.1%} "
+        f"({row.abnormal_low:.1%} to {row.abnormal_high:.1%}), EAD in {row.p_ead:.1%} "
+        f"({row.ead_low:.1%} to {row.ead_high:.1%}) of {row.n} twins"
+        + (f"; {row.n_failed_sim} failed to simulate" if row.n_failed_sim else "")
+        for row in headline.itertuples()
+    ]
+    outcomes = result.outcomes
+    counts = outcomes.groupby("dose_nM")["outcome"].value_counts().unstack(fill_value=0)
+    record = {
+        "drug": {
+            "name": result.drug.name,
+            "channels": {c: asdict(b) for c, b in result.drug.channels.items()},
+        },
+        "doses_nM": list(result.doses_nM),
+        "settings": result.settings,
+        "sbi_twins": package_version(),
+    }
+    sections = [
+        _section("Findings", _list(findings)),
+        _section("Incidence, outcomes and APD90 by dose",
+                 _figure(screen_figure(result, event="abnormal"))),
+        _section("Incidence per cell",
+                 _table(per_cell.set_index("cell"), "EAD and abnormal repolarisation")),
+        _section("Outcomes", _table(counts, "Twins by outcome at each dose")),
+        _section(
+            "What produced this report",
+            f"<pre>{html.escape(json.dumps(record, indent=1, default=str))}</pre>",
+        ),
+    ]
+    name = title or f"{result.drug.name} screen"
+    return _write(out / "report.html", f"sbi-twins screen report: {name}", sections)
 
 
 def strongest_pairs(samples: pd.DataFrame) -> pd.DataFrame:

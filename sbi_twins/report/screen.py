@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 
 from ..physiology.eads import OUTCOMES
 from ..twins.screen import ScreenResult
@@ -20,7 +21,16 @@ _OUTCOME_COLOURS = {
 
 
 def plot_screen(result: ScreenResult, path: str | os.PathLike, *, event: str = "ead") -> None:
-    """Write one figure of a screen: incidence per dose, outcomes per dose, APD90 per dose.
+    """Write :func:`screen_figure` of a screen to ``path`` (its suffix picks the format, e.g.
+    ``.png``, ``.pdf``).
+    """
+    fig = screen_figure(result, event=event)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def screen_figure(result: ScreenResult, *, event: str = "ead"):
+    """One figure of a screen: incidence per dose, outcomes per dose, APD90 per dose.
 
     Left: the incidence of `event` (:meth:`ScreenResult.incidence`) at each dose, per cell
     with its 95 % Wilson interval, and, with two or more cells, pooled over cells with its
@@ -31,10 +41,12 @@ def plot_screen(result: ScreenResult, path: str | os.PathLike, *, event: str = "
     ----------
     result : ScreenResult
         What :func:`sbi_twins.twins.screen.screen` returned.
-    path : str or path
-        The file to write (its suffix picks the format, e.g. ``.png``, ``.pdf``).
     event : {"ead", "repolarisation_failure", "abnormal"}, default "ead"
         What the left panel counts.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     plt = _pyplot()
     doses = list(result.doses_nM)
@@ -87,8 +99,23 @@ def plot_screen(result: ScreenResult, path: str | os.PathLike, *, event: str = "
     n_twins = outcomes.groupby(["cell", "twin"]).ngroups
     fig.suptitle(f"{result.drug.name} screen of {n_twins} twins ({len(cells)} cell"
                  f"{'s' if len(cells) != 1 else ''}), model {result.settings.get('model', '?')}")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def incidence_table(result: ScreenResult, by_cell: bool = True) -> pd.DataFrame:
+    """EAD and abnormal-repolarisation incidence side by side: per cell and dose (Wilson
+    intervals) or pooled over cells (bootstrap intervals; :meth:`ScreenResult.incidence`).
+    """
+    ead = result.incidence(by_cell, event="ead").rename(
+        columns={"ci_low": "ead_low", "ci_high": "ead_high"}
+    )
+    abnormal = result.incidence(by_cell, event="abnormal")
+    return ead.assign(
+        n_abnormal=abnormal["n_abnormal"],
+        p_abnormal=abnormal["p_abnormal"],
+        abnormal_low=abnormal["ci_low"],
+        abnormal_high=abnormal["ci_high"],
+    )
 
 
 def _error_bars(p: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
