@@ -215,17 +215,45 @@ def _read_npy_trace(path: Path) -> np.ndarray:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    """Fit one recording with an estimator; write samples, summary and InferenceData."""
+    """Fit recordings with an estimator; write samples, summary and InferenceData of each."""
     from .inference import load_estimator
-    from .recording import load_recording
 
     _check_counts(("--samples", args.samples, 2, "posterior draws"))
     if args.sample_interval is not None:
         check_positive("--sample-interval", args.sample_interval)
+    paths = [Path(recording) for recording in args.recording]
+    if len(paths) > 1:
+        return _fit_several(args, paths)
     recorded_ap = _recorded_ap(args)  # a wrong AP file fails before the fit, not after
     estimator = load_estimator(args.estimator)
-    path = Path(args.recording)
     start = time.perf_counter()
+    posterior, samples, summary = _fit_one(args, estimator, paths[0], Path(args.out))
+    seconds = time.perf_counter() - start
+    for note in posterior.preprocessing:
+        print(f"- {note}")
+    _print_summary(summary)
+    print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {args.out}")
+    if args.report:
+        from .report import cell_report
+
+        report = cell_report(
+            posterior,
+            args.out,
+            n=args.samples,
+            seed=args.seed,
+            title=paths[0].name,
+            saved=(samples, summary),
+            twins_ap=args.twins_ap,
+            recorded_ap=recorded_ap,
+        )
+        print(f"wrote {report}")
+    return 0
+
+
+def _fit_one(args: argparse.Namespace, estimator, path: Path, out: Path):
+    """Fit one recording file into ``out``: its posterior, samples and summary."""
+    from .recording import load_recording
+
     plausible = not args.no_plausibility_check
     if path.suffix == ".npy":
         posterior = estimator.fit(
@@ -244,28 +272,52 @@ def _fit(args: argparse.Namespace) -> int:
         posterior = estimator.fit(
             recording, check_command=not args.no_command_check, check_plausibility=plausible
         )
-    samples, summary = posterior.save(args.out, args.samples, seed=args.seed)
-    _write_fit_record(Path(args.out), posterior, args.estimator, path, args.samples, args.seed)
-    seconds = time.perf_counter() - start
-    for note in posterior.preprocessing:
-        print(f"- {note}")
-    _print_summary(summary)
-    print(f"fitted in {seconds:.1f} s; wrote samples.csv, summary.csv, posterior.nc to {args.out}")
-    if args.report:
-        from .report import cell_report
+    samples, summary = posterior.save(out, args.samples, seed=args.seed)
+    _write_fit_record(out, posterior, args.estimator, path, args.samples, args.seed)
+    return posterior, samples, summary
 
-        report = cell_report(
-            posterior,
-            args.out,
-            n=args.samples,
-            seed=args.seed,
-            title=path.name,
-            saved=(samples, summary),
-            twins_ap=args.twins_ap,
-            recorded_ap=recorded_ap,
+
+def _fit_several(args: argparse.Namespace, paths: list[Path]) -> int:
+    """Fit each recording into ``--out/<its name>``; one line per recording, and those that
+    could not be fitted listed at the end (exit status 2 if any).
+    """
+    from .inference import load_estimator
+
+    for option, value in (("--cm", args.cm), ("--ap", args.ap), ("--twins-ap", args.twins_ap)):
+        if value is not None:
+            raise ValueError(
+                f"{option} belongs to one cell: fit the recordings one at a time to give it"
+            )
+    names = [path.name.removesuffix(".gz").rsplit(".", 1)[0] for path in paths]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"several recordings are named {', '.join(repeated)}: their fits would share a "
+            "directory under --out; rename them or fit them separately"
         )
-        print(f"wrote {report}")
-    return 0
+    estimator = load_estimator(args.estimator)
+    failed = []
+    for path, name in zip(paths, names, strict=True):  # a line each: the progress
+        out = Path(args.out) / name
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                posterior = _fit_one(args, estimator, path, out)[0]
+                if args.report:
+                    from .report import cell_report
+
+                    cell_report(posterior, out, n=args.samples, seed=args.seed, title=path.name)
+        except (ValueError, OSError) as error:
+            failed.append(path.name)
+            print(f"{path}: not fitted: {error}", file=sys.stderr)
+            continue
+        for warning in caught:
+            print(f"{path}: warning: {warning.message}", file=sys.stderr)
+        print(f"{path}: fitted in {time.perf_counter() - start:.1f} s into {out}")
+    print(f"fitted {len(paths) - len(failed)} of {len(paths)} recordings into {args.out}"
+          + (f"; not fitted: {', '.join(failed)}" if failed else ""))
+    return 2 if failed else 0
 
 
 def _recorded_ap(args: argparse.Namespace) -> Recording | None:
@@ -720,14 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.set_defaults(run=_calibrate)
 
-    fit = commands.add_parser("fit", help="posterior of one recorded cell")
+    fit = commands.add_parser("fit", help="posterior of recorded cells")
     fit.add_argument(
         "recording",
+        nargs="+",
         help=".abf or .csv/.csv.gz recording (units from the file), or a .npy trace in pA/pF "
-        "on the protocol's grid",
+        "on the protocol's grid; with several, each is fitted into --out/<its name>",
     )
     fit.add_argument("--estimator", required=True, help="estimator directory or bundled name")
-    fit.add_argument("--out", required=True, help="output directory")
+    fit.add_argument(
+        "--out", required=True, help="output directory (with several recordings: their parent)"
+    )
     fit.add_argument("--samples", type=int, default=10_000, help="posterior draws")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(

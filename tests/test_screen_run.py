@@ -166,3 +166,34 @@ def test_cli_mistakes_end_in_one_line(twins, tmp_path, capsys, arguments, messag
     assert main(["screen", *given, "--out", str(tmp_path / "s"), "--quiet"]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_several_recordings_are_fitted_into_their_own_directories_then_screened(
+    tmp_path, capsys
+):
+    from sbi_twins import load_estimator
+
+    _, traces = load_estimator("default").simulate_cells(2, seed=5)
+    for name, trace in zip(("cell1", "cell2"), traces, strict=True):
+        np.save(tmp_path / f"{name}.npy", trace)
+    (tmp_path / "broken.npy").write_text("not an array")
+    fits = tmp_path / "fits"
+    recordings = [str(tmp_path / f) for f in ("cell1.npy", "broken.npy", "cell2.npy")]
+    fit = ["fit", *recordings, "--estimator", "default", "--out", str(fits), "--samples", "50"]
+    assert main(fit) == 2  # one recording could not be fitted: listed, the others are
+    out, err = capsys.readouterr()
+    assert "fitted 2 of 3 recordings" in out and "not fitted: broken.npy" in out
+    assert "broken.npy: not fitted: " in err and sorted(p.name for p in fits.iterdir()) == [
+        "cell1", "cell2"
+    ]
+    assert len(pd.read_csv(fits / "cell1" / "samples.csv")) == 50
+    for option in (["--cm", "30"], ["--twins-ap", "5"]):
+        assert main([*fit, *option]) == 2
+        assert "belongs to one cell" in capsys.readouterr().err
+    screen_args = ["screen", str(fits / "cell1"), str(fits / "cell2"), "--drug", "E-4031",
+                   "--doses", "0,300", "--out", str(tmp_path / "s"), "--twins-per-cell", "4",
+                   "--settle-ms", "2000", "--duration-ms", "4000", "--window-ms", "3000",
+                   "--quiet"]
+    assert main(screen_args) == 0
+    outcomes = pd.read_csv(tmp_path / "s" / "outcomes.csv")
+    assert len(outcomes) == 2 * 4 * 2 and set(outcomes["cell"]) == {"cell1", "cell2"}
