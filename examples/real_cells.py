@@ -140,8 +140,7 @@ def fit_cell(
     verdict = post.misspecification()
     beyond = ", ".join(f"{name} {side}" for name, side in verdict.beyond_prior.items())
     print(f"misspecification p = {verdict.p_value:.3g} ({'flagged' if verdict.flag else 'ok'}; "
-          f"summary p {verdict.summary_p_value:.3g}, prior-excess p {verdict.excess_p_value:.3g}"
-          f"{'; pushed outside the prior: ' + beyond if beyond else ''})")
+          f"{verdict.note}{'; pushed outside the prior: ' + beyond if beyond else ''})")
     cell_out = out / folder.name
     saved = post.save(cell_out, DRAWS, seed=0)
     cell_report(post, cell_out, n=DRAWS, title=folder.name, saved=saved, twins_ap=TWINS,

@@ -501,9 +501,11 @@ def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | Non
                 f"{path} {what}: give fit directories (from `sbi-twins fit`) or CSV files of "
                 "parameter draws (one column per parameter, one row per twin)"
             )
-        draws[path.name.removesuffix(".gz").removesuffix(".csv") or str(path)] = (
-            table if per_cell is None else table.head(per_cell)
-        )
+        if per_cell is not None:  # the first N draws of each cell
+            table = table.groupby("cell", sort=False).head(per_cell) if "cell" in table else (
+                table.head(per_cell)
+            )
+        draws[path.name.removesuffix(".gz").removesuffix(".csv") or str(path)] = table
     if model_arg is not None:
         models.append(load_model(model_arg))
     hashes = {m.file_hash for m in models}
@@ -518,6 +520,12 @@ def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | Non
     if len(draws) == 1:
         name, table = next(iter(draws.items()))
         return model, make_twins(model, table, cell=None if "cell" in table else name)
+    pooled = [name for name, table in draws.items() if "cell" in table]
+    if pooled:
+        raise ValueError(
+            f"{', '.join(pooled)} already hold{'s' if len(pooled) == 1 else ''} several cells (a "
+            "'cell' column): screen such a file alone, or drop its 'cell' column"
+        )
     return model, pool_twins(model, draws)
 
 
@@ -923,8 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
     screening.add_argument("--workers", type=int, default=1, help="local worker processes")
     screening.add_argument("--dask", default=None, metavar="ADDRESS",
                            help="run on this Dask scheduler instead")
-    screening.add_argument("--chunk-twins", type=int, default=256,
-                           help="twins per chunk of work (default 256)")
+    screening.add_argument("--chunk-twins", type=int, default=None,
+                           help="twins per chunk of work (default 256, or the --out screen's)")
     screening.add_argument("--quiet", action="store_true", help="no progress bars")
     screening.set_defaults(run=_screen)
 

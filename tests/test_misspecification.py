@@ -114,7 +114,7 @@ def test_a_verdict_combines_the_summary_and_predictive_statistics(estimator, twi
     assert verdict.p_value == bonferroni(
         verdict.summary_p_value, verdict.excess_p_value, verdict.predictive_p_value
     )
-    assert "summary and prior-excess and predictive statistics, Bonferroni" in verdict.note
+    assert "summary, prior-excess and predictive statistics, Bonferroni" in verdict.note
 
 
 def test_a_bundle_without_a_predictive_reference_uses_the_cheap_statistics(estimator, twins):
@@ -156,6 +156,9 @@ def test_fit_warns_from_the_summary_statistic_without_simulating(estimator, twin
         typical.fit(twins[0][0])
 
 
+UP = np.ones(3)  # positive baselines
+
+
 def _excess_reference(n: int = 99) -> ExcessReference:
     """Three parameters (the last log-normal); in-distribution positions inside (0, 1) but
     for the second parameter's regression error, which strays up to 0.2 below.
@@ -173,15 +176,18 @@ def test_prior_excess_counts_positions_outside_the_prior_in_their_own_units():
     # the first parameter never left (0, 1): its unit is the floor; the second's is its RMS
     assert reference.scale[0] == EXCESS_FLOOR and 0.02 < reference.scale[1] < 0.07
     inside = np.array([[9.0, 0.5, 0.99, -40.0]])  # a log-normal position has no range to leave
-    assert reference.statistic(inside)[0] == 0.0 and reference.beyond(inside, "abc") == {}
+    assert reference.statistic(inside)[0] == 0.0 and reference.beyond(inside, "abc", UP) == {}
     assert reference.p_value(0.0) > 0.5
     below = np.array([[0.0, -0.03, 0.5, 0.0]])  # 10 floors below: beyond every reference cell
     assert reference.statistic(below)[0] == pytest.approx(100.0)
-    assert reference.p_value(100.0) == 1 / 100 and reference.beyond(below, "abc") == {"a": "below"}
+    assert reference.p_value(100.0) == 1 / 100
+    assert reference.beyond(below, "abc", UP) == {"a": "below"}
     # the second parameter's 0.03 below is usual for it (14 % of the cells); 0.2 above is not
     usual, odd = np.array([[0, 0.5, -0.03, 0]]), np.array([[0, 0.5, 1.2, 0]])
     assert reference.p_value(reference.statistic(usual)[0]) > 0.05
-    assert reference.beyond(odd, "abc") == {"b": "above"} and reference.excess(odd)[0, 1] > 0
+    assert reference.beyond(odd, "abc", UP) == {"b": "above"} and reference.excess(odd)[0, 1] > 0
+    # a multiplier above its range, of a negative baseline, is a value below the prior's range
+    assert reference.beyond(odd, "abc", np.array([1.0, -4.2, 1.0])) == {"b": "below"}
 
 
 def test_the_prior_excess_reference_round_trips_through_the_manifest(estimator):
@@ -214,6 +220,7 @@ def test_the_default_flags_most_cells_without_ikr_and_names_ikr(default):
     without = default.simulate_recordings(theta.assign(**{"ikr.g_Kr": 0.0}), 41 + np.arange(8))
     verdicts = [default.fit(trace).misspecification(predictive=False) for trace in traces]
     assert not any(v.flag for v in verdicts) and min(v.excess_p_value for v in verdicts) > 0.05
+    assert all(v.beyond_prior == {} for v in verdicts)  # named only when flagged
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MisspecificationWarning)
         broken = [default.fit(trace).misspecification(predictive=False) for trace in without]

@@ -78,6 +78,27 @@ def test_an_interrupted_screen_resumes_and_computes_only_what_is_missing(
     assert calls == [] and again.outcomes.equals(resumed.outcomes)
 
 
+def test_ctrl_c_in_the_first_chunk_stops_the_run_at_once(kernik, twins, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(screen_run, "_screen_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _chunked(kernik, twins, tmp_path / "s")
+    assert len(calls) == 1  # no further chunk was started in this process
+
+
+def test_a_rerun_keeps_the_directory_s_chunk_size(kernik, twins, whole, tmp_path):
+    _chunked(kernik, twins, tmp_path / "s")  # chunks of 3
+    again = screen(kernik, twins, "E-4031", DOSES, out=tmp_path / "s", **SHORT)
+    pd.testing.assert_frame_equal(again.outcomes, whole)  # read back in chunks of 3
+    with pytest.raises(ValueError, match="chunk_twins: 3 vs 4"):
+        screen(kernik, twins, "E-4031", DOSES, out=tmp_path / "s", chunk_twins=4, **SHORT)
+
+
 def test_worker_processes_give_the_same_outcomes(kernik, twins, whole):
     result = screen(kernik, twins, "E-4031", DOSES, workers=2, chunk_twins=4, **SHORT)
     pd.testing.assert_frame_equal(result.outcomes, whole)
@@ -94,9 +115,9 @@ def test_a_dask_cluster_gives_the_same_outcomes(kernik, twins, whole, tmp_path):
 
 def test_a_directory_of_another_screen_or_of_something_else_is_refused(kernik, twins, tmp_path):
     _chunked(kernik, twins, tmp_path / "s")
-    with pytest.raises(ValueError, match="holds another screen .*doses_nM"):
+    with pytest.raises(ValueError, match=r"holds another screen(.|\n)*doses_nM: \[0.0, 100.0, 300"):
         screen(kernik, twins, "E-4031", [0, 100], out=tmp_path / "s", chunk_twins=3, **SHORT)
-    with pytest.raises(ValueError, match="holds another screen .*twins_sha256"):
+    with pytest.raises(ValueError, match=r"holds another screen(.|\n)*twins: 7 vs 6"):
         _chunked(kernik, twins.iloc[:6], tmp_path / "s")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -104,14 +125,32 @@ def test_a_directory_of_another_screen_or_of_something_else_is_refused(kernik, t
         _chunked(kernik, twins, tmp_path / "other")
 
 
-def test_a_damaged_chunk_is_named_with_the_cure(kernik, twins, tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda t: t.iloc[:3], r"3 rows, expected 9"),
+        (lambda t: t.drop(columns="ead"), "no column ead"),
+        (lambda t: t.drop(columns="twin"), "no column twin"),
+        (lambda t: t.assign(dose_nM=t["dose_nM"].replace(100.0, 5.0)), "other doses"),
+        (lambda t: t.assign(twin=t["twin"][::-1].to_numpy()), "other twins than chunk 1"),
+    ],
+)
+def test_a_damaged_chunk_is_named_with_the_cure(kernik, twins, whole, tmp_path, damage, why):
     _chunked(kernik, twins, tmp_path / "s")
     chunk = tmp_path / "s" / "chunks" / "00001.csv"
-    chunk.write_text("\n".join(chunk.read_text().splitlines()[:4]) + "\n")
-    with pytest.raises(ValueError, match=r"00001.csv is damaged \(3 rows, expected 9\).*delete"):
+    damage(pd.read_csv(chunk)).to_csv(chunk, index=False)
+    with pytest.raises(ValueError, match=rf"00001.csv is damaged \({why}.*\): delete it"):
         _chunked(kernik, twins, tmp_path / "s")
     chunk.unlink()
-    _chunked(kernik, twins, tmp_path / "s")  # the cure
+    pd.testing.assert_frame_equal(_chunked(kernik, twins, tmp_path / "s").outcomes, whole)
+
+
+def test_twin_ids_that_look_missing_survive_the_chunk_files(kernik, twins, tmp_path):
+    named = twins.assign(twin=["NA", "None", "nan", "a", "b", "c", "d"], cell="01")
+    first = _chunked(kernik, named, tmp_path / "s").outcomes
+    again = _chunked(kernik, named, tmp_path / "s").outcomes  # read back from the files
+    pd.testing.assert_frame_equal(again, first)
+    assert list(again["twin"][:3]) == ["NA", "None", "nan"] and set(again["cell"]) == {"01"}
 
 
 def test_wilson_bounds_are_exact_when_no_or_every_twin_has_it():

@@ -32,7 +32,7 @@ is below ``alpha / k``. A predictive check costs :data:`PREDICTIVE_DRAWS` simula
 on the clark2022 protocol), so :meth:`Estimator.fit` warns from the two cheap statistics, and
 the predictive one is computed only when :meth:`CellPosterior.misspecification` is asked for
 and the bundle has a predictive reference. A bundle written before the prior-excess statistic
-existed uses the summary statistic alone; the verdict's note says which statistics it rests on.
+existed goes without it; the verdict's note says which statistics it rests on.
 
 How often each flags such recordings is measured by ``benchmarks/misspecification.py``.
 
@@ -72,9 +72,10 @@ PREDICTIVE_DRAWS = 20
 WORST_SEGMENTS = 3
 
 #: Smallest in-distribution RMS excess (in position units) a parameter's excess is divided by:
-#: parameters whose reference cells never leave the prior still need a finite unit. Measured
-#: on the bundled default (4000 reference cells, 200 cells per altered set): floors 0.003, 0.01
-#: and 0.03 flagged 78 %, 70 % and 67 % of cells without IKr at the same false-alarm rate.
+#: parameters whose reference cells never leave the prior still need a finite unit. In a pilot
+#: on the bundled default (the prior-excess statistic alone, 4000 reference cells, 200 cells
+#: without IKr; BENCHMARKS.md), floors 0.003, 0.01 and 0.03 flagged 78 %, 70 % and 67 % of the
+#: cells without IKr at the same false-alarm rate.
 EXCESS_FLOOR = 0.003
 
 #: Share of the prior-excess statistic a parameter must carry to be named in ``beyond_prior``.
@@ -107,8 +108,8 @@ class Misspecification:
     flag : bool
         True when ``p_value < alpha``: the recording is unlike the training cells.
     p_value : float
-        The combined p-value: the smaller of the statistics' p-values times their number
-        (Bonferroni, at most 1); :attr:`summary_p_value` when the predictive one is None.
+        The combined p-value: the smallest of the statistics' p-values times their number
+        (Bonferroni, at most 1); :attr:`summary_p_value` when it is the only one.
     statistic : float
         Mean squared z-score of the recording's summary.
     alpha : float
@@ -128,9 +129,10 @@ class Misspecification:
     excess_statistic : float or None
         The recording's prior-excess statistic; None for a reference without it.
     beyond_prior : dict
-        Parameters whose predicted position lies outside the prior and carries at least
-        :data:`BEYOND_SHARE` of the prior-excess statistic, largest first: ``"below"`` or
-        ``"above"`` the prior's range (e.g. ``{"ikr.g_Kr": "below"}`` for a cell without IKr).
+        For a flagged recording, the parameters whose predicted position lies outside the
+        prior and carries at least :data:`BEYOND_SHARE` of the prior-excess statistic, largest
+        first: ``"below"`` or ``"above"`` the prior's range (e.g. ``{"ikr.g_Kr": "below"}`` for
+        a cell without IKr); empty when not flagged (small excesses are regression noise).
     """
 
     flag: bool
@@ -248,11 +250,15 @@ class ExcessReference:
         """Share of the calibration cells with a statistic at least ``statistic``."""
         return _p_value(self.calibration, statistic)
 
-    def beyond(self, summary: np.ndarray, names: tuple[str, ...]) -> dict[str, str]:
+    def beyond(
+        self, summary: np.ndarray, names: tuple[str, ...], baselines: np.ndarray
+    ) -> dict[str, str]:
         """The parameters carrying at least :data:`BEYOND_SHARE` of one summary's statistic,
-        largest first: ``{name: "below" | "above"}``.
+        largest first: ``{name: "below" | "above"}`` the prior's range of values. Positions
+        are those of a multiplier of the parameter's baseline, so for a negative baseline a
+        position below the range is a value above it.
         """
-        excess = self.excess(summary)[0]
+        excess = self.excess(summary)[0] * np.where(np.asarray(baselines) < 0, -1.0, 1.0)
         squared = excess**2
         total = squared.sum()
         order = np.argsort(-squared)
@@ -278,19 +284,28 @@ class Reference:
 
     @classmethod
     def from_cells(
-        cls, summaries: np.ndarray, observations: np.ndarray, source: str, bounded: np.ndarray
+        cls,
+        summaries: np.ndarray,
+        observations: np.ndarray,
+        source: str,
+        bounded: np.ndarray | None = None,
     ) -> Reference:
         """The reference of in-distribution cells: their summaries (N, C) and observation
         vectors (N, L). The first half of the summaries standardises, the second calibrates.
         ``bounded`` (D,) marks the parameters whose predicted positions (the summaries' last D
-        columns) have the prior range (0, 1) (:class:`ExcessReference`).
+        columns) have the prior range (0, 1) (:class:`ExcessReference`); without it, the
+        reference has no prior-excess part.
         """
         check_integer("summaries", len(summaries), minimum=20, what="reference cells")
         half = len(summaries) // 2
         mean = summaries[:half].mean(axis=0)
         scale = np.maximum(summaries[:half].std(axis=0), 1e-9)
         rms = _rms(observations)
-        excess = ExcessReference.from_cells(summaries[:half], summaries[half:], bounded)
+        excess = (
+            None
+            if bounded is None
+            else ExcessReference.from_cells(summaries[:half], summaries[half:], bounded)
+        )
         standardised = cls(
             mean, scale, np.empty(0), observations.mean(axis=0), (rms.min(), rms.max()), source,
             excess=excess,
@@ -471,13 +486,18 @@ def misspecification(
         residual = predictive_statistic(posterior, reference.predictive.draws)
         p_values["predictive"] = reference.predictive.p_value(residual)
     p_value = bonferroni(*p_values.values())
-    note = f"{' and '.join(p_values)} statistic{'s' if len(p_values) > 1 else ''}" + (
-        ", Bonferroni-combined" if len(p_values) > 1 else " only"
-    )
+    names = list(p_values)
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    note = f"{listed} statistic" + ("s, Bonferroni-combined" if len(names) > 1 else " only")
     if missing:
         note += f" (not used: {'; '.join(missing)})"
+    flag = p_value < alpha
+    beyond = {}
+    if flag and excess is not None:  # in distribution, small excesses are regression noise
+        prior = estimator.prior
+        beyond = reference.excess.beyond(summary, estimator.names, prior.baselines)
     return Misspecification(
-        flag=p_value < alpha,
+        flag=flag,
         p_value=p_value,
         statistic=statistic,
         alpha=alpha,
@@ -487,7 +507,7 @@ def misspecification(
         note=note,
         excess_p_value=p_values.get("prior-excess"),
         excess_statistic=excess,
-        beyond_prior={} if excess is None else reference.excess.beyond(summary, estimator.names),
+        beyond_prior=beyond,
     )
 
 

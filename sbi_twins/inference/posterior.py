@@ -93,10 +93,9 @@ class CellPosterior:
         """Is this recording unlike the estimator's training cells? A flag and a p-value,
         uniform for in-distribution recordings (:mod:`sbi_twins.inference.misspecification`).
 
-        With ``predictive`` (and an estimator whose reference has one), the posterior-predictive
-        statistic joins the summary one: a few seconds of simulation
-        (:data:`~sbi_twins.inference.misspecification.PREDICTIVE_DRAWS` draws), the same
-        draws every call. Without, the summary statistic alone, at no simulation cost.
+        The summary and prior-excess statistics cost no simulation. With ``predictive`` (and
+        an estimator whose reference has one), the posterior-predictive statistic joins them:
+        a few seconds of simulation (``PREDICTIVE_DRAWS`` draws, the same every call).
         """
         return misspecification(self, alpha, predictive)
 

@@ -259,9 +259,14 @@ def screen_report(
         "shows it, with the Monte-Carlo (Wilson) interval of the twins."
     )
     findings = [meaning] + [
-        f"{row.dose_nM:g} nM: abnormal repolarisation in {row.p_abnormal:.1%} "
-        f"({row.abnormal_low:.1%} to {row.abnormal_high:.1%}), EAD in {row.p_ead:.1%} "
-        f"({row.ead_low:.1%} to {row.ead_high:.1%}) of {row.n} twins"
+        f"{row.dose_nM:g} nM: "
+        + (
+            "abnormal repolarisation in "
+            f"{_share(row.p_abnormal, row.abnormal_low, row.abnormal_high)}, EAD in "
+            f"{_share(row.p_ead, row.ead_low, row.ead_high)} of {row.n} twins"
+            if row.n
+            else "no twin could be judged"
+        )
         + (f"; {row.n_failed_sim} failed to simulate" if row.n_failed_sim else "")
         for row in headline.itertuples()
     ]
@@ -290,6 +295,12 @@ def screen_report(
     ]
     name = title or f"{result.drug.name} screen"
     return _write(out / "report.html", f"sbi-twins screen report: {name}", sections)
+
+
+def _share(p: float, low: float, high: float) -> str:
+    """An incidence and its interval in words ("no interval" where it has none)."""
+    interval = "no interval" if np.isnan(low) else f"{low:.1%} to {high:.1%}"
+    return f"{p:.1%} ({interval})"
 
 
 def strongest_pairs(samples: pd.DataFrame) -> pd.DataFrame:

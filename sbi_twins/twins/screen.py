@@ -193,7 +193,7 @@ def screen(
     out: str | os.PathLike | None = None,
     workers: int = 1,
     dask_address: str | None = None,
-    chunk_twins: int = 256,
+    chunk_twins: int | None = None,
 ) -> ScreenResult:
     """Simulate every twin at every dose of a drug and classify its activity (EADs).
 
@@ -245,8 +245,9 @@ def screen(
         level with ``if __name__ == "__main__":``).
     dask_address : str, optional
         Address of a Dask scheduler to run the chunks on (overrides `workers`).
-    chunk_twins : int, default 256
-        Twins per chunk (each is settled and screened at every dose by one worker).
+    chunk_twins : int, optional
+        Twins per chunk (each is settled and screened at every dose by one worker); default:
+        the `out` directory's if it holds this screen, else 256.
 
     Returns
     -------
@@ -272,6 +273,8 @@ def screen(
         raise ValueError(f"window_ms ({window_ms:g}) must not exceed duration_ms "
                          f"({duration_ms:g})")
     batch_size = check_integer("batch_size", batch_size, minimum=1)
+    if chunk_twins is not None:
+        chunk_twins = check_integer("chunk_twins", chunk_twins, minimum=1)
     criterion = EADCriterion() if criterion is None else criterion
     twins = make_twins(model, twins)
     channels, active = _active_channels(model, drug, ignore_channels)
@@ -303,7 +306,7 @@ def screen(
         "ignored_channels": sorted(set(drug.channels) - set(active)),
         "ic50_log10_sd": float(ic50_log10_sd),
         "hill_log_sd": float(hill_log_sd),
-        "seed": seed,
+        "seed": int(seed),
     }
     if out is None and workers == 1 and dask_address is None:
         outcomes = screen_block(model, plan, progress=progress, label=f"screen {drug.name}")

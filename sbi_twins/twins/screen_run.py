@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import _resources
 from .._util import atomic_write, atomic_write_json, check_integer, package_version
+from ..data.dataset import manifest_differences
 from ..data.executors import Executor
 from ..engine import CellModel, load_model
 from ..physiology.eads import EADCriterion, detect_eads
@@ -46,6 +47,8 @@ __all__ = ["SCREEN_MANIFEST", "ScreenPlan", "screen_block", "screen_in_chunks"]
 
 #: The record of what a screen directory holds.
 SCREEN_MANIFEST = "screen.json"
+#: Twins per chunk of a new screen.
+CHUNK_TWINS = 256
 #: The whole outcome table, written when every chunk is in.
 OUTCOMES = "outcomes.csv"
 #: Outcome columns that a CSV round trip would not type as the screen does.
@@ -143,18 +146,21 @@ def screen_in_chunks(
     out: str | os.PathLike | None,
     workers: int,
     dask_address: str | None,
-    chunk_twins: int,
+    chunk_twins: int | None,
     progress: bool,
 ) -> pd.DataFrame:
-    """The outcome table of ``plan`` (a :class:`~sbi_twins.twins.screen.ScreenPlan`), screened
-    chunk by chunk (module docstring); rows ordered as one block's, dose by dose.
+    """The outcome table of ``plan`` (a :class:`ScreenPlan`), screened chunk by chunk (module
+    docstring); rows ordered as one block's, dose by dose. ``chunk_twins`` None: the screen
+    directory's, else :data:`CHUNK_TWINS`.
     """
     workers = check_integer("workers", workers, minimum=1)
+    directory = None if out is None else Path(out)
+    if chunk_twins is None:
+        chunk_twins = _recorded_chunk_twins(directory) or CHUNK_TWINS
     chunk_twins = check_integer("chunk_twins", chunk_twins, minimum=1)
     n_twins = len(plan.twins)
     starts = range(0, n_twins, chunk_twins)
     blocks = [slice(start, min(start + chunk_twins, n_twins)) for start in starts]
-    directory = None if out is None else Path(out)
     done: dict[int, pd.DataFrame] = {}
     if directory is not None:
         manifest = _manifest(model, plan, drug, settings, chunk_twins)
@@ -169,9 +175,12 @@ def screen_in_chunks(
     try:
         todo = [k for k in range(len(blocks)) if k not in done]
         source = _model_source(model)
+        # in this process a chunk runs as it is submitted, and a Ctrl-C reaches its future:
+        # one at a time, so that it stops the run at once and each chunk is written as it ends
+        depth = 1 if workers == 1 and dask_address is None else 2 * executor.slots
         pending: dict = {}
         while todo or pending:
-            while todo and len(pending) < 2 * executor.slots:  # a queue no longer than needed
+            while todo and len(pending) < depth:
                 k = todo.pop(0)
                 pending[executor.submit(_screen_chunk, source, model.file_hash,
                                         plan.block(blocks[k]))] = k
@@ -204,7 +213,13 @@ def screen_in_chunks(
 
 def _screen_chunk(model_source: str, file_hash: str, plan: ScreenPlan) -> pd.DataFrame:
     """One chunk, in a worker: the model loaded there (checked to be the same file)."""
-    model = load_model(model_source)
+    try:
+        model = load_model(model_source)
+    except FileNotFoundError:
+        raise ValueError(
+            f"a worker has no model file {model_source}: a model that is not bundled must be at "
+            "the same path on every worker"
+        ) from None
     if model.file_hash != file_hash:
         raise ValueError(
             f"the worker's model file {model.path} is not the one the screen started with "
@@ -247,7 +262,6 @@ def _manifest(
         "drug": {"name": drug.name, "channels": {c: asdict(b) for c, b in drug.channels.items()}},
         "doses_nM": [float(d) for d in plan.doses],
         "settings": settings,
-        "batch_size": plan.batch_size,
         "twins": len(twins),
         "twins_sha256": digest.hexdigest(),
         "chunk_twins": chunk_twins,
@@ -258,20 +272,16 @@ def _prepare(directory: Path, manifest: dict) -> None:
     """Start a screen directory, or check that it holds this screen."""
     path = directory / SCREEN_MANIFEST
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} is a file, not a screen directory; give another --out")
+        raise ValueError(f"{directory} is a file, not a screen directory; give a directory")
     if path.is_file():
-        try:
-            recorded = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        recorded = _read_manifest(path)
+        # the same JSON types as the file's (tuples become lists)
+        differences = manifest_differences(recorded, json.loads(json.dumps(manifest)))
+        if differences:
             raise ValueError(
-                f"{path} is damaged ({e}); delete {directory} and run the screen again"
-            ) from None
-        expected = json.loads(json.dumps(manifest))  # the same JSON types as the file's
-        differing = [key for key in expected if recorded.get(key) != expected[key]]
-        if differing:
-            raise ValueError(
-                f"{directory} holds another screen (its {', '.join(differing)} differ from "
-                "this one's): give another output directory, or delete it to start over"
+                f"{directory} holds another screen; refusing to mix. Differences (existing vs "
+                "requested):\n  " + "\n  ".join(differences) + "\nGive another output "
+                "directory, or delete this one to start over"
             )
         return
     if directory.is_dir() and any(directory.iterdir()):
@@ -281,6 +291,21 @@ def _prepare(directory: Path, manifest: dict) -> None:
         )
     (directory / "chunks").mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, manifest)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is damaged ({e}); delete {path.parent} and run the screen again"
+        ) from None
+
+
+def _recorded_chunk_twins(directory: Path | None) -> int | None:
+    """The chunk size a screen directory was started with (None: no screen there yet)."""
+    path = None if directory is None else directory / SCREEN_MANIFEST
+    return _read_manifest(path)["chunk_twins"] if path is not None and path.is_file() else None
 
 
 def _chunk_path(directory: Path, k: int) -> Path:
@@ -298,27 +323,31 @@ def _read_chunk(directory: Path, k: int, plan: ScreenPlan) -> pd.DataFrame | Non
     path = _chunk_path(directory, k)
     if not path.is_file():
         return None
-    expected_rows = len(plan.twins) * len(plan.doses)
-    try:
-        table = pd.read_csv(path, dtype={"cell": str, "twin": str})
-        damaged = len(table) != expected_rows or not set(_TYPES) <= set(table.columns)
-        if not damaged:
-            table = table.astype({c: t for c, t in _TYPES.items()})
+    n_rows = len(plan.twins) * len(plan.doses)
+    ids = plan.twins[list(META_COLUMNS)].reset_index(drop=True)
+    repeated = pd.concat([ids] * len(plan.doses), ignore_index=True)
+    why = None
+    try:  # cell and twin as text (a CSV would read a cell named "01" as 1, or "NA" as missing)
+        table = pd.read_csv(path, dtype={"cell": str, "twin": str}, keep_default_na=False,
+                            na_values=[""])  # NaN is written as an empty field
+        missing = sorted({"twin", "dose_nM", *_TYPES} - set(table.columns))
+        if missing:
+            why = f"no column {', '.join(missing)}"
+        elif len(table) != n_rows:
+            why = f"{len(table)} rows, expected {n_rows}"
+        elif not (table["twin"].to_numpy() == repeated["twin"].astype(str).to_numpy()).all():
+            why = f"other twins than chunk {k} of this screen"
+        elif not np.array_equal(table["dose_nM"].to_numpy(dtype=float),
+                                np.repeat(plan.doses, len(plan.twins))):
+            why = "other doses than this screen's"
+        else:
+            table = table.astype(_TYPES)
     except (ValueError, pd.errors.ParserError) as e:
-        damaged, why = True, str(e)
-    else:
-        why = f"{len(table)} rows, expected {expected_rows}"
-    if damaged:
+        why = str(e)
+    if why is not None:
         raise ValueError(
             f"{path} is damaged ({why}): delete it and rerun the same screen; its twins are "
             "screened again"
-        )
-    # identities as the twin table types them (a CSV would read a cell named "01" as 1)
-    ids = plan.twins[list(META_COLUMNS)].reset_index(drop=True)
-    repeated = pd.concat([ids] * len(plan.doses), ignore_index=True)
-    if not (table["twin"].to_numpy() == repeated["twin"].astype(str).to_numpy()).all():
-        raise ValueError(
-            f"{path} holds other twins than chunk {k} of this screen: delete it and rerun"
         )
     for column in META_COLUMNS:
         table[column] = repeated[column].to_numpy()
