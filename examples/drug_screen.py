@@ -8,7 +8,7 @@ repolarisation failure or no beats. The incidence table printed per dose is the 
 probability that this cell shows an EAD (``p_ead``) or any abnormal repolarisation, EAD or
 repolarisation failure (``p_abnormal``), with the Monte-Carlo interval of the twins; the true
 cell (which the demo knows) is screened too, for comparison. The figure goes to
-``out/drug_screen.png``.
+``out/drug_screen.png`` and the screen's HTML report to ``out/drug_screen/report.html``.
 
 The bundled E-4031 IC50 (294 nM, drugs/e-4031.toml) is the only one this project could check
 against its source; E-4031 potency depends on the assay, so ``--ic50-nM`` replaces it, e.g.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import sbi_twins as st
-from sbi_twins.report import plot_screen
+from sbi_twins.report import plot_screen, screen_report
 
 DOSES_NM = (0, 10, 30, 50, 100, 300)
 
@@ -68,7 +68,9 @@ def main() -> None:
           f"{top['dose_nM']:g} nM to ±0.10 in real cells: "
           f"{st.cells_needed(float(top['p_abnormal']), 0.10)} cells.")
     plot_screen(result, out / "drug_screen.png", event="abnormal")
-    print(f"figure: {out / 'drug_screen.png'}; {time.perf_counter() - start:.0f} s in all")
+    report = screen_report(result, out / "drug_screen", title="E-4031, twins of the demo cell")
+    print(f"figure: {out / 'drug_screen.png'}; report: {report}; "
+          f"{time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":
