@@ -288,7 +288,7 @@ def _fit_several(args: argparse.Namespace, paths: list[Path]) -> int:
             raise ValueError(
                 f"{option} belongs to one cell: fit the recordings one at a time to give it"
             )
-    names = [path.name.removesuffix(".gz").rsplit(".", 1)[0] for path in paths]
+    names = [_file_stem(path) for path in paths]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(
@@ -303,11 +303,12 @@ def _fit_several(args: argparse.Namespace, paths: list[Path]) -> int:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                posterior = _fit_one(args, estimator, path, out)[0]
+                posterior, samples, summary = _fit_one(args, estimator, path, out)
                 if args.report:
                     from .report import cell_report
 
-                    cell_report(posterior, out, n=args.samples, seed=args.seed, title=path.name)
+                    cell_report(posterior, out, n=args.samples, seed=args.seed, title=path.name,
+                                saved=(samples, summary))
         except (ValueError, OSError) as error:
             failed.append(path.name)
             print(f"{path}: not fitted: {error}", file=sys.stderr)
@@ -371,16 +372,21 @@ def _write_fit_record(
     )
 
 
-def _fitted_cell(fit_dir: Path):
-    """A fit directory's record and its estimator, checked to be the one it was fitted with."""
+def _fitted_cell(fit_dir: Path, loaded: dict | None = None):
+    """A fit directory's record and its estimator, checked to be the one it was fitted with.
+    ``loaded`` keeps the estimators read so far, for several fit directories of one estimator.
+    """
     from .inference import load_estimator
 
     record_path = fit_dir / FIT_RECORD
     if not record_path.is_file():
         raise ValueError(f"{fit_dir} is not a fit directory (no {FIT_RECORD}); make one with `fit`")
+    loaded = {} if loaded is None else loaded
     try:
         record = json.loads(record_path.read_text())
-        estimator = load_estimator(record["estimator"])
+        if record["estimator"] not in loaded:
+            loaded[record["estimator"]] = load_estimator(record["estimator"])
+        estimator = loaded[record["estimator"]]
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"{record_path} is damaged ({e}); rerun `sbi-twins fit`") from None
     manifest = estimator.manifest
@@ -481,11 +487,11 @@ def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | Non
 
     if per_cell is not None:
         check_positive("--twins-per-cell", per_cell)
-    draws, models = {}, []
+    draws, models, estimators = {}, [], {}
     for source in sources:
         path = Path(source)
         if (path / FIT_RECORD).is_file():
-            _, estimator = _fitted_cell(path)
+            _, estimator = _fitted_cell(path, estimators)
             models.append(estimator.cell_model())
             table = pd.read_csv(path / "samples.csv")
         elif path.is_file() and path.name.endswith((".csv", ".csv.gz")):
@@ -505,7 +511,7 @@ def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | Non
             table = table.groupby("cell", sort=False).head(per_cell) if "cell" in table else (
                 table.head(per_cell)
             )
-        draws[path.name.removesuffix(".gz").removesuffix(".csv") or str(path)] = table
+        draws[_file_stem(path)] = table
     if model_arg is not None:
         models.append(load_model(model_arg))
     hashes = {m.file_hash for m in models}
@@ -527,6 +533,13 @@ def _screen_twins(sources: list[str], model_arg: str | None, per_cell: int | Non
             "'cell' column): screen such a file alone, or drop its 'cell' column"
         )
     return model, pool_twins(model, draws)
+
+
+def _file_stem(path: Path) -> str:
+    """A recording's or draws file's name without its suffixes (``cell1.csv.gz`` -> ``cell1``);
+    a fit directory's name as it is.
+    """
+    return path.name.removesuffix(".gz").rsplit(".", 1)[0] if path.is_file() else path.name
 
 
 def _number_list(text: str, option: str, example: str) -> list[float]:

@@ -13,7 +13,6 @@ import html
 import io
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -273,10 +272,7 @@ def screen_report(
     outcomes = result.outcomes
     counts = outcomes.groupby("dose_nM")["outcome"].value_counts().unstack(fill_value=0)
     record = {
-        "drug": {
-            "name": result.drug.name,
-            "channels": {c: asdict(b) for c, b in result.drug.channels.items()},
-        },
+        "drug": result.drug.to_dict(),
         "doses_nM": list(result.doses_nM),
         "settings": result.settings,
         "sbi_twins": package_version(),

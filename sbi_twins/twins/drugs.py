@@ -29,7 +29,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -122,6 +122,10 @@ class Drug:
 
     def __repr__(self) -> str:
         return f"Drug({self.name!r}, blocks {', '.join(self.channels)})"
+
+    def to_dict(self) -> dict:
+        """A JSON-able record: the name and each channel's IC50, Hill coefficient and source."""
+        return {"name": self.name, "channels": {c: asdict(b) for c, b in self.channels.items()}}
 
     def block(self, dose_nM: float) -> dict[str, float]:
         """Fraction of each blocked channel's current remaining at ``dose_nM`` (nM, >= 0)."""

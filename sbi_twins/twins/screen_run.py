@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +259,7 @@ def _manifest(
         "sbi_twins": package_version(),
         "model": model.name,
         "model_sha256": model.file_hash,
-        "drug": {"name": drug.name, "channels": {c: asdict(b) for c, b in drug.channels.items()}},
+        "drug": drug.to_dict(),
         "doses_nM": [float(d) for d in plan.doses],
         "settings": settings,
         "twins": len(twins),
